@@ -1,0 +1,208 @@
+"""The broker: runners publish to its frontend, any number of subscribers read its backend.
+
+The ZeroMQ guide's Espresso pattern: an XSUB/XPUB proxy with a capture socket.  The
+forwarding path is libzmq's own ``zmq_proxy_steerable``; no Python runs per message
+between a runner and a subscriber.  Statistics come from the proxy's own counters
+(``STATISTICS`` on its control socket), subscriber counts from a socket monitor.
+
+From the command line::
+
+    zmq-emitter broker --frontend tcp://0.0.0.0:5557 --backend tcp://0.0.0.0:5558
+
+From Python, in a thread of one's own process::
+
+    >>> from zmq_emitter.broker import Broker
+    >>> with Broker(["tcp://127.0.0.1:0"], ["tcp://127.0.0.1:0"], startup_grace=0) as broker:
+    ...     broker.frontend_endpoints  # the ports the OS chose
+    ['tcp://127.0.0.1:...']
+
+Start-up grace: a broker that restarts while runners and subscribers are still
+connected gets the runners' queued messages at once, before the subscribers have
+reconnected, and a PUB socket drops what no subscriber is there to take.  So the
+proxy starts forwarding only ``startup_grace`` seconds after the backend is bound;
+until then runners' messages wait in their own queues.
+"""
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+import uuid
+from typing import Callable, Iterable
+
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+DEFAULT_FRONTEND = "tcp://127.0.0.1:5557"
+DEFAULT_BACKEND = "tcp://127.0.0.1:5558"
+DEFAULT_MAX_MESSAGE_SIZE = 16 * 2**20
+
+
+class BrokerError(RuntimeError):
+    """The broker cannot start as asked; the message says which endpoint and why."""
+
+
+@dataclasses.dataclass
+class Stats:
+    """Counters of the proxy since start: messages and bytes in from runners, out to subscribers."""
+
+    messages_in: int = 0
+    bytes_in: int = 0
+    messages_out: int = 0
+    bytes_out: int = 0
+    subscribers: int = 0
+
+
+class Broker:
+    """An XSUB/XPUB proxy running in threads of the calling process.
+
+    ``start()`` binds every endpoint (raising BrokerError at once if one cannot be bound)
+    and returns; ``stop()`` ends the proxy and closes every socket.
+    """
+
+    def __init__(self, frontend: Iterable[str] = (DEFAULT_FRONTEND,), backend: Iterable[str] = (DEFAULT_BACKEND,),
+                 *, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE, startup_grace: float = 1.0,
+                 sndhwm: int = 100_000, rcvhwm: int = 100_000):
+        self.frontend_endpoints = list(frontend)
+        self.backend_endpoints = list(backend)
+        self.max_message_size = max_message_size
+        self.startup_grace = startup_grace
+        self._sndhwm, self._rcvhwm = sndhwm, rcvhwm
+        self._context = zmq.Context()
+        self._name = uuid.uuid4().hex
+        self._stopping = threading.Event()
+        self._forwarding = threading.Event()
+        self._state_lock = threading.Lock()  # makes "stopping" and "forwarding" exclusive
+        self._threads: list[threading.Thread] = []
+        self._stats = Stats()
+        self._stats_lock = threading.Lock()
+        self._started = False
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> "Broker":
+        ctx = self._context
+        frontend, backend = ctx.socket(zmq.XSUB), ctx.socket(zmq.XPUB)
+        # A hostile or broken publisher sending an oversized message is disconnected by libzmq.
+        frontend.setsockopt(zmq.MAXMSGSIZE, self.max_message_size)
+        frontend.setsockopt(zmq.RCVHWM, self._rcvhwm)
+        backend.setsockopt(zmq.SNDHWM, self._sndhwm)
+        for sock in (frontend, backend):
+            sock.setsockopt(zmq.LINGER, 0)
+        self._frontend, self._backend = frontend, backend
+        try:
+            self.frontend_endpoints = self._bind(frontend, self.frontend_endpoints, "frontend")
+            self.backend_endpoints = self._bind(backend, self.backend_endpoints, "backend")
+        except BrokerError:
+            self._close_all()
+            raise
+        frontend.send(b"\x01")  # subscribe to everything: runners send whether or not anyone listens
+
+        control = ctx.socket(zmq.PAIR)
+        control.bind(f"inproc://control-{self._name}")
+        self._control_proxy_side = control
+        self._control = ctx.socket(zmq.PAIR)
+        self._control.connect(f"inproc://control-{self._name}")
+        self._monitor = backend.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
+
+        self._threads = [threading.Thread(target=self._run_proxy, name="zmq-emitter-proxy", daemon=True),
+                         threading.Thread(target=self._run_manager, name="zmq-emitter-manager", daemon=True)]
+        for thread in self._threads:
+            thread.start()
+        self._started = True
+        return self
+
+    def _bind(self, sock: zmq.Socket, endpoints: list[str], side: str) -> list[str]:
+        bound = []
+        for endpoint in endpoints:
+            try:
+                sock.bind(endpoint)
+            except zmq.ZMQError as exc:
+                raise BrokerError(f"cannot bind {side} endpoint {endpoint!r}: {exc}") from None
+            bound.append(sock.getsockopt_string(zmq.LAST_ENDPOINT))
+        return bound
+
+    def wait_forwarding(self, timeout: float | None = None) -> bool:
+        """Block until the start-up grace is over and the proxy forwards messages."""
+        return self._forwarding.wait(timeout)
+
+    def stop(self) -> None:
+        if not self._started:
+            return
+        self._started = False
+        with self._state_lock:
+            self._stopping.set()
+        for thread in self._threads:
+            thread.join()
+        self._close_all()
+
+    def _close_all(self) -> None:
+        for name in ("_frontend", "_backend", "_control", "_control_proxy_side", "_monitor"):
+            sock = getattr(self, name, None)
+            if sock is not None:
+                sock.close(linger=0)
+        self._context.term()
+
+    def __enter__(self) -> "Broker":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def stats(self) -> Stats:
+        with self._stats_lock:
+            return dataclasses.replace(self._stats)
+
+    # -- threads ------------------------------------------------------------------------
+
+    def _run_proxy(self) -> None:
+        deadline = time.monotonic() + self.startup_grace
+        while not self._stopping.is_set() and time.monotonic() < deadline:
+            # Polling lets the backend take in reconnecting subscribers and their subscriptions.
+            self._backend.poll(min(50, max(1, int((deadline - time.monotonic()) * 1000))))
+        with self._state_lock:
+            if self._stopping.is_set():
+                return
+            self._forwarding.set()
+        try:
+            zmq.proxy_steerable(self._frontend, self._backend, None, self._control_proxy_side)
+        except zmq.ContextTerminated:
+            pass
+
+    def _run_manager(self) -> None:
+        """Owns the control and monitor sockets: counts subscribers, polls statistics, stops the proxy."""
+        poller = zmq.Poller()
+        poller.register(self._monitor, zmq.POLLIN)
+        while not self._stopping.is_set():
+            for sock, _ in poller.poll(100):
+                event = recv_monitor_message(sock)["event"]
+                with self._stats_lock:
+                    self._stats.subscribers += 1 if event == zmq.EVENT_ACCEPTED else -1
+            if self._forwarding.is_set():
+                self._read_proxy_counters()
+        if self._forwarding.is_set():
+            self._control.send(b"TERMINATE")
+
+    def _read_proxy_counters(self) -> None:
+        self._control.send(b"STATISTICS")
+        values = [int.from_bytes(frame, "little") for frame in self._control.recv_multipart()]
+        # frontend: msgs in, bytes in, msgs out, bytes out; then the same for the backend
+        with self._stats_lock:
+            self._stats.messages_in, self._stats.bytes_in = values[0], values[1]
+            self._stats.messages_out, self._stats.bytes_out = values[6], values[7]
+
+
+def run_forever(broker: Broker, stats_interval: float | None, report: Callable[[str], None],
+                stop: threading.Event) -> None:
+    """Serve until ``stop`` is set, printing statistics every ``stats_interval`` seconds."""
+    last, last_time = broker.stats(), time.monotonic()
+    while not stop.wait(stats_interval or 3600):
+        if not stats_interval:
+            continue
+        now, current = time.monotonic(), broker.stats()
+        elapsed = now - last_time
+        report(f"in {current.messages_in - last.messages_in} msgs {current.bytes_in - last.bytes_in} B, "
+               f"out {current.messages_out - last.messages_out} msgs {current.bytes_out - last.bytes_out} B "
+               f"in {elapsed:.1f}s; subscribers {current.subscribers}; "
+               f"total in {current.messages_in} out {current.messages_out}")
+        last, last_time = current, now

@@ -1,0 +1,155 @@
+"""The plugin's settings: read once per runner configuration, validated, with clear errors.
+
+Like the HTTP emitter's, every setting is a key ``runner_zmq_<name>`` in the runner
+settings file (``env/settings``, which ansible-runner hands over as
+``runner_config.settings``), and the environment variable ``RUNNER_ZMQ_<NAME>``
+overrides it.  With neither ``runner_zmq_url`` nor ``runner_zmq_bind`` set the plugin
+is inactive.
+
+    >>> from zmq_emitter.config import load
+    >>> load({"runner_zmq_url": "tcp://broker:5557"}, environ={}).connect
+    ('tcp://broker:5557',)
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from typing import Any, Callable, Mapping
+
+from . import protocol
+
+DEFAULT_FRONTEND = "tcp://127.0.0.1:5557"  # where `zmq-emitter broker` listens for runners
+
+
+class ConfigError(ValueError):
+    """A setting has a value the plugin cannot use; the message names it and what is accepted."""
+
+
+_TCP = re.compile(r"^tcp://(\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):(\d{1,5})$")
+_TCP_BIND = re.compile(r"^tcp://(\[[0-9A-Fa-f:.]+\]|\*|[^\s:/\[\]]+):(\d{1,5}|\*)$")
+
+
+def check_endpoint(endpoint: str, *, bind: bool) -> str | None:
+    """None if ``endpoint`` is a usable tcp:// or ipc:// endpoint, else why it is not."""
+    if endpoint.startswith("ipc://"):
+        return None if len(endpoint) > len("ipc://") else "an ipc:// endpoint needs a path"
+    if endpoint.startswith("tcp://"):
+        match = (_TCP_BIND if bind else _TCP).match(endpoint)
+        if not match:
+            return "a tcp:// endpoint is tcp://HOST:PORT" + (" (HOST and PORT may be *)" if bind else "")
+        port = match.group(2)
+        if port != "*" and not 0 < int(port) < 65536:
+            return "the port must be between 1 and 65535"
+        return None
+    return "the endpoint must start with tcp:// or ipc://"
+
+
+def _endpoints(bind: bool) -> Callable[[Any], tuple[str, ...]]:
+    def parse(value: Any) -> tuple[str, ...]:
+        items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+        endpoints = tuple(str(item).strip() for item in items if str(item).strip())
+        for endpoint in endpoints:
+            problem = check_endpoint(endpoint, bind=bind)
+            if problem:
+                raise ValueError(f"{endpoint!r}: {problem}")
+        return endpoints
+
+    return parse
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, bool) or not re.fullmatch(r"\s*\d+\s*", str(value)):
+        raise ValueError(f"{value!r} is not a whole number of 0 or more")
+    return int(value)
+
+
+def _codec(value: Any) -> str:
+    codec = str(value).strip().lower()
+    if codec not in protocol.CODECS:
+        raise ValueError(f"{value!r} is not a codec")
+    return codec
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    name: str
+    parse: Callable[[Any], Any]
+    default: Any
+    accepts: str
+    help: str
+
+    @property
+    def key(self) -> str:
+        return f"runner_zmq_{self.name}"
+
+    @property
+    def env(self) -> str:
+        return self.key.upper()
+
+
+# The single list of settings; the README's settings table is written from it.
+SETTINGS = (
+    Setting("url", _endpoints(bind=False), (), "comma-separated tcp://HOST:PORT or ipc://PATH",
+            "Endpoints to connect the PUB socket to, normally a broker's frontend "
+            f"(`zmq-emitter broker` listens on {DEFAULT_FRONTEND})."),
+    Setting("bind", _endpoints(bind=True), (), "comma-separated tcp://HOST:PORT or ipc://PATH",
+            "Endpoints to bind, so subscribers connect straight to the runner process (no broker)."),
+    Setting("codec", _codec, "json", "json, msgpack", "Payload encoding; json is encoded with orjson."),
+    Setting("sndhwm", _count, 1000, "a whole number, 0 = unlimited",
+            "ZeroMQ send high-water mark: messages queued in libzmq per peer before the plugin's own buffer takes over."),
+    Setting("linger", _count, 1000, "milliseconds",
+            "At process exit, how long to wait for queued messages to be delivered."),
+    Setting("buffer_messages", _count, 10000, "a whole number",
+            "The plugin's buffer for messages no peer could take yet: at most this many (oldest dropped and counted)."),
+    Setting("buffer_bytes", _count, 64 * 2**20, "bytes",
+            "The same buffer's bound in payload bytes."),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """The resolved settings of one runner configuration."""
+
+    url: tuple[str, ...] = ()
+    bind: tuple[str, ...] = ()
+    codec: str = "json"
+    sndhwm: int = 1000
+    linger: int = 1000
+    buffer_messages: int = 10000
+    buffer_bytes: int = 64 * 2**20
+
+    @property
+    def active(self) -> bool:
+        return bool(self.url or self.bind)
+
+    @property
+    def connect(self) -> tuple[str, ...]:
+        return self.url
+
+    def transport(self) -> tuple:
+        """What decides the socket: runs whose transport settings are equal share one socket."""
+        return (self.url, self.bind, self.sndhwm, self.linger, self.buffer_messages, self.buffer_bytes)
+
+
+def load(settings: Mapping[str, Any] | None, environ: Mapping[str, str] | None = None) -> Config:
+    """Resolve the settings file's ``runner_zmq_*`` keys, overridden by ``RUNNER_ZMQ_*`` variables.
+
+    Raises ConfigError naming the setting, the value and what it accepts.
+    """
+    settings = settings or {}
+    environ = os.environ if environ is None else environ
+    values = {}
+    for setting in SETTINGS:
+        if setting.env in environ:
+            raw, source = environ[setting.env], f"environment variable {setting.env}"
+        elif setting.key in settings and settings[setting.key] is not None:
+            raw, source = settings[setting.key], f"setting {setting.key} (env/settings)"
+        else:
+            values[setting.name] = setting.default
+            continue
+        try:
+            values[setting.name] = setting.parse(raw)
+        except ValueError as exc:
+            raise ConfigError(f"zmq_emitter: {source}: {exc}; accepted: {setting.accepts}") from None
+    return Config(**values)

@@ -1,0 +1,242 @@
+"""The subscriber library: subscribe, iterate over decoded messages, be told of every gap.
+
+Blocking::
+
+    from zmq_emitter.subscriber import Subscriber
+    with Subscriber("tcp://127.0.0.1:5558", topics=["status"]) as sub:
+        for msg in sub:
+            print(msg.ident, msg.name)          # e.g. "2f1c... successful"
+
+asyncio::
+
+    from zmq_emitter.subscriber import AsyncSubscriber
+    async with AsyncSubscriber("tcp://127.0.0.1:5558") as sub:
+        async for msg in sub:
+            ...
+
+The logic lives once, in ``Tracker`` (decoding, duplicates, gaps in each publisher's
+sequence numbers); ``Subscriber`` and ``AsyncSubscriber`` only decide how the frames
+are received.  A message that does not decode is counted and skipped, never raised:
+a subscriber survives any bytes on its socket.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import AsyncIterator, Callable, Iterable, Iterator
+
+import zmq
+import zmq.asyncio
+
+from . import protocol
+from .protocol import Message, ProtocolError
+
+log = logging.getLogger("zmq_emitter.subscriber")
+
+DEFAULT_ENDPOINT = "tcp://127.0.0.1:5558"  # the broker's default backend
+
+
+@dataclasses.dataclass(frozen=True)
+class Gap:
+    """Messages ``first``..``last`` (inclusive) of ``publisher`` never arrived."""
+
+    publisher: str
+    first: int
+    last: int
+
+    @property
+    def count(self) -> int:
+        return self.last - self.first + 1
+
+
+@dataclasses.dataclass
+class Counts:
+    received: int = 0     # valid messages handed to the caller
+    invalid: int = 0      # messages that did not decode, skipped
+    duplicates: int = 0   # messages seen before (same publisher and seq), skipped
+    missed: int = 0       # messages in gaps
+
+
+def subscriptions(kinds: Iterable[str] = protocol.KINDS, ident: str | None = None,
+                  events: Iterable[str] = ()) -> list[bytes]:
+    """The topic prefixes to subscribe to, so that the publishers filter at the source.
+
+    >>> subscriptions(["event"], ident="run-1", events=["runner_on_failed"])
+    [b'event/run-1/runner_on_failed']
+    """
+    events = list(events)
+    prefixes = []
+    for kind in kinds:
+        if ident is None:
+            prefixes.append(kind.encode() + b"/")
+        elif kind == "event" and events:
+            prefixes.extend(protocol.topic("event", ident, name) for name in events)
+        else:
+            prefixes.append(protocol.run_prefix(kind, ident))
+    return prefixes
+
+
+class Tracker:
+    """Sans-I/O core: frames in, Message (or None for skipped input) out.
+
+    Gap detection follows each publisher's ``seq``; it is only meaningful when the
+    subscription covers all of a publisher's messages, so it is on only then
+    (``track_gaps``).  The first message of a publisher starts its sequence: joining
+    mid-stream is not a gap.
+    """
+
+    def __init__(self, *, track_gaps: bool = True, on_gap: Callable[[Gap], None] | None = None,
+                 on_invalid: Callable[[list[bytes], ProtocolError], None] | None = None):
+        self.track_gaps = track_gaps
+        self.on_gap = on_gap or _warn_gap
+        self.on_invalid = on_invalid or _warn_invalid_once(self)
+        self.counts = Counts()
+        self.gaps: list[Gap] = []
+        self.last_seq: dict[str, int] = {}
+
+    def accept(self, frames: list[bytes]) -> Message | None:
+        try:
+            msg = protocol.decode(frames)
+        except ProtocolError as exc:
+            self.counts.invalid += 1
+            self.on_invalid(frames, exc)
+            return None
+        if self.track_gaps:
+            last = self.last_seq.get(msg.publisher)
+            if last is not None:
+                if msg.seq <= last:
+                    self.counts.duplicates += 1
+                    return None
+                if msg.seq > last + 1:
+                    gap = Gap(msg.publisher, last + 1, msg.seq - 1)
+                    self.gaps.append(gap)
+                    self.counts.missed += gap.count
+                    self.on_gap(gap)
+            self.last_seq[msg.publisher] = msg.seq
+        self.counts.received += 1
+        return msg
+
+
+def _warn_gap(gap: Gap) -> None:
+    log.warning("missed %d message(s) of publisher %s: seq %d..%d", gap.count, gap.publisher, gap.first, gap.last)
+
+
+def _warn_invalid_once(tracker: Tracker) -> Callable[[list[bytes], ProtocolError], None]:
+    def warn(frames: list[bytes], exc: ProtocolError) -> None:
+        if tracker.counts.invalid == 1:
+            log.warning("skipping messages that are not zmq-emitter messages (first: %s); they are counted", exc)
+    return warn
+
+
+def _socket(context: zmq.Context, endpoints: str | Iterable[str], topics: Iterable[bytes | str],
+            rcvhwm: int) -> zmq.Socket:
+    sock = context.socket(zmq.SUB)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVHWM, rcvhwm)
+    for topic in topics:
+        sock.setsockopt(zmq.SUBSCRIBE, topic.encode() if isinstance(topic, str) else topic)
+    for endpoint in [endpoints] if isinstance(endpoints, str) else endpoints:
+        sock.connect(endpoint)
+    return sock
+
+
+def _covers_everything(topics: list[bytes | str]) -> bool:
+    prefixes = {t.encode() if isinstance(t, str) else t for t in topics}
+    return b"" in prefixes or {b"status", b"event"} <= prefixes or {b"status/", b"event/"} <= prefixes
+
+
+class Subscriber:
+    """A SUB socket on one or more endpoints, yielding decoded ``Message`` objects.
+
+    ``topics`` are prefixes (see ``subscriptions()``); ``""`` is everything.
+    ``recv(timeout)`` returns None on timeout; iterating blocks until ``close()``.
+    """
+
+    def __init__(self, endpoints: str | Iterable[str] = DEFAULT_ENDPOINT, topics: Iterable[bytes | str] = ("",), *,
+                 on_gap: Callable[[Gap], None] | None = None,
+                 on_invalid: Callable[[list[bytes], ProtocolError], None] | None = None,
+                 rcvhwm: int = 100_000, context: zmq.Context | None = None):
+        topics = list(topics)
+        self._own_context = context is None
+        self.context = context or zmq.Context()
+        self.socket = _socket(self.context, endpoints, topics, rcvhwm)
+        self.tracker = Tracker(track_gaps=_covers_everything(topics), on_gap=on_gap, on_invalid=on_invalid)
+
+    @property
+    def counts(self) -> Counts:
+        return self.tracker.counts
+
+    @property
+    def gaps(self) -> list[Gap]:
+        return self.tracker.gaps
+
+    def recv(self, timeout: float | None = None) -> Message | None:
+        """The next valid message, or None if none came within ``timeout`` seconds."""
+        poll_ms = None if timeout is None else max(0, int(timeout * 1000))
+        while True:
+            if poll_ms is not None and not self.socket.poll(poll_ms):
+                return None
+            msg = self.tracker.accept(self.socket.recv_multipart())
+            if msg is not None:
+                return msg
+
+    def __iter__(self) -> Iterator[Message]:
+        while True:
+            yield self.recv()
+
+    def close(self) -> None:
+        self.socket.close(linger=0)
+        if self._own_context:
+            self.context.term()
+
+    def __enter__(self) -> "Subscriber":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class AsyncSubscriber:
+    """The asyncio twin of ``Subscriber``: ``await sub.recv()`` and ``async for msg in sub``."""
+
+    def __init__(self, endpoints: str | Iterable[str] = DEFAULT_ENDPOINT, topics: Iterable[bytes | str] = ("",), *,
+                 on_gap: Callable[[Gap], None] | None = None,
+                 on_invalid: Callable[[list[bytes], ProtocolError], None] | None = None,
+                 rcvhwm: int = 100_000, context: zmq.asyncio.Context | None = None):
+        topics = list(topics)
+        self._own_context = context is None
+        self.context = context or zmq.asyncio.Context()
+        self.socket = _socket(self.context, endpoints, topics, rcvhwm)
+        self.tracker = Tracker(track_gaps=_covers_everything(topics), on_gap=on_gap, on_invalid=on_invalid)
+
+    @property
+    def counts(self) -> Counts:
+        return self.tracker.counts
+
+    @property
+    def gaps(self) -> list[Gap]:
+        return self.tracker.gaps
+
+    async def recv(self, timeout: float | None = None) -> Message | None:
+        poll_ms = None if timeout is None else max(0, int(timeout * 1000))
+        while True:
+            if poll_ms is not None and not await self.socket.poll(poll_ms):
+                return None
+            msg = self.tracker.accept(await self.socket.recv_multipart())
+            if msg is not None:
+                return msg
+
+    async def __aiter__(self) -> AsyncIterator[Message]:
+        while True:
+            yield await self.recv()
+
+    def close(self) -> None:
+        self.socket.close(linger=0)
+        if self._own_context:
+            self.context.term()
+
+    async def __aenter__(self) -> "AsyncSubscriber":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self.close()
