@@ -1,0 +1,52 @@
+#!/usr/bin/env python3
+"""Set up the project's virtual environment (.venv) and run the demo or the test suite.
+
+    python3 dev.py demo            # set everything up, then run the demo
+    python3 dev.py test [ARGS]     # set everything up, then run the whole test suite (ARGS go to pytest)
+    python3 dev.py bench [ARGS]    # set everything up, then run the benchmarks
+
+Safe to run again: .venv is made once and reinstalled only when pyproject.toml changes.
+"""
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+PYTHON = VENV / "bin" / "python"
+
+
+def ensure_venv() -> None:
+    if sys.version_info < (3, 10):
+        sys.exit(f"dev.py: Python 3.10 or newer is needed, this is {sys.version.split()[0]}")
+    if not PYTHON.exists():
+        subprocess.check_call([sys.executable, "-m", "venv", str(VENV)])
+    stamp = VENV / ".installed"
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if not stamp.exists() or stamp.read_text() != digest:
+        pip = [str(PYTHON), "-m", "pip", "install", "--disable-pip-version-check", "--quiet"]
+        subprocess.check_call(pip + ["--upgrade", "pip"])
+        subprocess.check_call(pip + ["--editable", f"{ROOT}[test]"])
+        stamp.write_text(digest)
+
+
+def main() -> None:
+    command, args = (sys.argv[1], sys.argv[2:]) if len(sys.argv) > 1 else ("", [])
+    if command not in ("demo", "test", "bench"):
+        sys.exit(__doc__)
+    ensure_venv()
+    env = dict(os.environ, PATH=f"{VENV / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}")
+    if command == "demo":
+        argv = [str(VENV / "bin" / "zmq-emitter"), "demo", *args]
+    elif command == "test":
+        argv = [str(PYTHON), "-m", "pytest", *args]
+    else:
+        argv = [str(PYTHON), str(ROOT / "benchmarks" / "run.py"), *args]
+    os.chdir(ROOT)
+    os.execve(argv[0], argv, env)
+
+
+if __name__ == "__main__":
+    main()
