@@ -88,7 +88,8 @@ def settle(seconds: float = 0.3) -> None:
 @pytest.fixture
 def broker(tmp_path):
     """A broker in a thread of the test process, on ipc endpoints; forwarding at once."""
-    instance = Broker([f"ipc://{tmp_path}/frontend"], [f"ipc://{tmp_path}/backend"], startup_grace=0).start()
+    instance = Broker([f"ipc://{tmp_path}/frontend"], [f"ipc://{tmp_path}/backend"], [f"ipc://{tmp_path}/history"],
+                      startup_grace=0).start()
     instance.wait_forwarding(5)
     yield instance
     instance.stop()
@@ -97,14 +98,17 @@ def broker(tmp_path):
 class BrokerProcess:
     """``zmq-emitter broker`` as a real process."""
 
-    def __init__(self, frontend: str, backend: str, *args: str):
+    def __init__(self, frontend: str, backend: str, *args: str, history: str | None = None):
         self.frontend, self.backend, self.args = frontend, backend, args
+        if history is None:  # never the default tcp port: tests may run brokers side by side
+            history = frontend.rsplit("/", 1)[0] + "/history" if frontend.startswith("ipc://") else "none"
+        self.history = history
         self.proc: subprocess.Popen | None = None
         self.start()
 
     def start(self) -> None:
         self.proc = subprocess.Popen([str(BIN / "zmq-emitter"), "broker", "--frontend", self.frontend,
-                                      "--backend", self.backend, *self.args],
+                                      "--backend", self.backend, "--history", self.history, *self.args],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         line = self.proc.stderr.readline()
         assert "zmq-emitter broker:" in line, f"broker did not start: {line}{self.proc.stderr.read()}"
@@ -128,3 +132,37 @@ def broker_process(tmp_path):
     proc = BrokerProcess(f"ipc://{tmp_path}/frontend", f"ipc://{tmp_path}/backend", "--startup-grace", "0")
     yield proc
     proc.stop()
+
+
+@pytest.fixture
+def fresh_plugin():
+    """The plugin's per-process state (publishers, routes) empty before the test, closed after it.
+
+    In-process runs (``ansible_runner.run``, direct handler calls) share the test process's
+    publishers; a test that counts sockets or sequence numbers needs to start from none.
+    """
+    from zmq_emitter import plugin
+
+    def reset():
+        for publisher in list(plugin._publishers.values()):
+            publisher.close()
+        plugin._publishers.clear()
+        plugin._routes.clear()
+
+    reset()
+    yield plugin
+    reset()
+
+
+@pytest.fixture
+def inprocess_env(monkeypatch):
+    """The test process's own environment made like ``runner_env()``, for in-process ``ansible_runner.run``.
+
+    No RUNNER_ZMQ_* variable (set them with the returned monkeypatch), this venv first on
+    PATH so that ansible-runner finds ansible-playbook.
+    """
+    for name in list(os.environ):
+        if name.startswith("RUNNER_ZMQ_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("PATH", f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    return monkeypatch

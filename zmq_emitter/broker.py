@@ -25,6 +25,7 @@ until then runners' messages wait in their own queues.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import threading
 import time
 import uuid
@@ -33,18 +34,40 @@ from typing import Callable, Iterable
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from . import protocol
+from .history import History
+
+from . import security
+
 DEFAULT_FRONTEND = "tcp://127.0.0.1:5557"
 DEFAULT_BACKEND = "tcp://127.0.0.1:5558"
+DEFAULT_HISTORY = "tcp://127.0.0.1:5559"
 DEFAULT_MAX_MESSAGE_SIZE = 16 * 2**20
+
+
+# What to fix, for the bind errors whose libzmq text alone does not say it.
+_BIND_HINTS = {
+    errno.ENODEV: " (HOST must be an address or interface of this machine, or * / 0.0.0.0 for all)",
+    zmq.EPROTONOSUPPORT: " (use tcp://HOST:PORT or ipc://PATH)",
+    zmq.EINVAL: " (use tcp://HOST:PORT or ipc://PATH)",
+}
 
 
 class BrokerError(RuntimeError):
     """The broker cannot start as asked; the message says which endpoint and why."""
 
 
+_FRAMES = 3  # topic, header, payload (protocol.py)
+
+
 @dataclasses.dataclass
 class Stats:
-    """Counters of the proxy since start: messages and bytes in from runners, out to subscribers."""
+    """Counters of the proxy since start: messages and bytes in from runners, out to subscribers.
+
+    "Out" is what the proxy handed to its XPUB once; libzmq copies it to each subscriber
+    whose subscription matches.  Messages are the proxy's frame counts divided by three,
+    exact for protocol traffic (a rogue peer's odd frame counts skew them).
+    """
 
     messages_in: int = 0
     bytes_in: int = 0
@@ -61,10 +84,18 @@ class Broker:
     """
 
     def __init__(self, frontend: Iterable[str] = (DEFAULT_FRONTEND,), backend: Iterable[str] = (DEFAULT_BACKEND,),
-                 *, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE, startup_grace: float = 1.0,
-                 sndhwm: int = 100_000, rcvhwm: int = 100_000):
+                 history: Iterable[str] = (), *, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+                 startup_grace: float = 1.0, sndhwm: int = 100_000, rcvhwm: int = 100_000,
+                 history_runs: int = 100, history_bytes: int = 64 * 2**20, capture_hwm: int = 100_000,
+                 curve: security.ServerCurve | None = None, ipc_mode: int | None = security.DEFAULT_IPC_MODE):
+        self.curve = curve          # CURVE on both sides, clients checked by ZAP (security.py)
+        self.ipc_mode = ipc_mode    # permissions of bound ipc:// socket files; None leaves the umask's
+        self._auth: security.Authenticator | None = None
         self.frontend_endpoints = list(frontend)
         self.backend_endpoints = list(backend)
+        self.history_endpoints = list(history)  # the history service (REP); none: no history, no acks
+        self.history = History(history_runs, history_bytes)
+        self._capture_hwm = capture_hwm
         self.max_message_size = max_message_size
         self.startup_grace = startup_grace
         self._sndhwm, self._rcvhwm = sndhwm, rcvhwm
@@ -90,9 +121,16 @@ class Broker:
         for sock in (frontend, backend):
             sock.setsockopt(zmq.LINGER, 0)
         self._frontend, self._backend = frontend, backend
+        if self.curve is not None:  # the ZAP handler must be there before the first peer connects
+            self._auth = self.curve.start_authenticator(ctx)
+            self.curve.apply(frontend, backend)
         try:
             self.frontend_endpoints = self._bind(frontend, self.frontend_endpoints, "frontend")
             self.backend_endpoints = self._bind(backend, self.backend_endpoints, "backend")
+            if self.history_endpoints:
+                self._replier = ctx.socket(zmq.REP)
+                self._replier.setsockopt(zmq.LINGER, 0)
+                self.history_endpoints = self._bind(self._replier, self.history_endpoints, "history")
         except BrokerError:
             self._close_all()
             raise
@@ -107,6 +145,23 @@ class Broker:
 
         self._threads = [threading.Thread(target=self._run_proxy, name="zmq-emitter-proxy", daemon=True),
                          threading.Thread(target=self._run_manager, name="zmq-emitter-manager", daemon=True)]
+        self._capture = None
+        if self.history_endpoints:
+            # Capture is a PUB: at its high-water mark it drops copies, so the history can
+            # fall behind under overload but can never slow or block forwarding.
+            self._capture = ctx.socket(zmq.PUB)
+            self._capture.setsockopt(zmq.SNDHWM, self._capture_hwm)
+            self._capture.bind(f"inproc://capture-{self._name}")
+            self._captured = ctx.socket(zmq.SUB)
+            self._captured.setsockopt(zmq.RCVHWM, self._capture_hwm)
+            self._captured.setsockopt(zmq.SUBSCRIBE, b"")
+            self._captured.connect(f"inproc://capture-{self._name}")
+            # Acknowledgements go upstream: into the backend like a subscriber's message,
+            # through the proxy, out of the frontend to every publisher.
+            backend.bind(f"inproc://backend-{self._name}")
+            self._acker = ctx.socket(zmq.XSUB)
+            self._acker.connect(f"inproc://backend-{self._name}")
+            self._threads.append(threading.Thread(target=self._run_history, name="zmq-emitter-history", daemon=True))
         for thread in self._threads:
             thread.start()
         self._started = True
@@ -115,11 +170,20 @@ class Broker:
     def _bind(self, sock: zmq.Socket, endpoints: list[str], side: str) -> list[str]:
         bound = []
         for endpoint in endpoints:
+            port = endpoint.rpartition(":")[2] if endpoint.startswith("tcp://") else ""
+            if port.isdigit() and int(port) > 65535:  # libzmq would silently bind port % 65536
+                raise BrokerError(f"cannot bind {side} endpoint {endpoint!r}: the port must be 0..65535 "
+                                  "(0 or *: any free port)")
             try:
                 sock.bind(endpoint)
             except zmq.ZMQError as exc:
-                raise BrokerError(f"cannot bind {side} endpoint {endpoint!r}: {exc}") from None
+                hint = _BIND_HINTS.get(exc.errno, "")
+                raise BrokerError(f"cannot bind {side} endpoint {endpoint!r}: {exc}{hint}") from None
             bound.append(sock.getsockopt_string(zmq.LAST_ENDPOINT))
+            try:
+                security.restrict_ipc(bound[-1], self.ipc_mode)
+            except security.SecurityError as exc:
+                raise BrokerError(f"{side} endpoint {endpoint!r}: {exc}") from None
         return bound
 
     def wait_forwarding(self, timeout: float | None = None) -> bool:
@@ -137,10 +201,14 @@ class Broker:
         self._close_all()
 
     def _close_all(self) -> None:
-        for name in ("_frontend", "_backend", "_control", "_control_proxy_side", "_monitor"):
+        for name in ("_frontend", "_backend", "_control", "_control_proxy_side", "_monitor",
+                     "_replier", "_capture", "_captured", "_acker"):
             sock = getattr(self, name, None)
             if sock is not None:
                 sock.close(linger=0)
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
         self._context.term()
 
     def __enter__(self) -> "Broker":
@@ -165,7 +233,7 @@ class Broker:
                 return
             self._forwarding.set()
         try:
-            zmq.proxy_steerable(self._frontend, self._backend, None, self._control_proxy_side)
+            zmq.proxy_steerable(self._frontend, self._backend, self._capture, self._control_proxy_side)
         except zmq.ContextTerminated:
             pass
 
@@ -183,13 +251,44 @@ class Broker:
         if self._forwarding.is_set():
             self._control.send(b"TERMINATE")
 
+    def _run_history(self) -> None:
+        """Owns the capture, acknowledgement and history sockets; the only thread touching ``history``."""
+        captured, replier, acker, history = self._captured, self._replier, self._acker, self.history
+        poller = zmq.Poller()
+        poller.register(captured, zmq.POLLIN)
+        poller.register(replier, zmq.POLLIN)
+        updated: dict[str, int] = {}
+        while not self._stopping.is_set():
+            ready = dict(poller.poll(100))
+            if captured in ready:
+                for _ in range(10_000):  # a batch, then answer requests and acknowledge
+                    try:
+                        frames = captured.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    if len(frames) != 3:
+                        continue  # subscriptions and acknowledgements travel through the proxy too
+                    try:
+                        env = protocol.envelope(frames)
+                    except protocol.ProtocolError:
+                        continue
+                    history.add(env, frames)
+                    updated[env.publisher] = history.publishers[env.publisher].last_seq
+            if replier in ready:
+                request = replier.recv_multipart()
+                replier.send_multipart(history.answer(request[0]), copy=False)
+            if updated:
+                acker.send(protocol.ack_frame(updated))
+                updated = {}
+
     def _read_proxy_counters(self) -> None:
         self._control.send(b"STATISTICS")
         values = [int.from_bytes(frame, "little") for frame in self._control.recv_multipart()]
-        # frontend: msgs in, bytes in, msgs out, bytes out; then the same for the backend
+        # frontend: msgs in, bytes in, msgs out, bytes out; then the same for the backend.
+        # libzmq's proxy counts message parts (frames); a protocol message is 3 frames.
         with self._stats_lock:
-            self._stats.messages_in, self._stats.bytes_in = values[0], values[1]
-            self._stats.messages_out, self._stats.bytes_out = values[6], values[7]
+            self._stats.messages_in, self._stats.bytes_in = values[0] // _FRAMES, values[1]
+            self._stats.messages_out, self._stats.bytes_out = values[6] // _FRAMES, values[7]
 
 
 def run_forever(broker: Broker, stats_interval: float | None, report: Callable[[str], None],

@@ -17,6 +17,7 @@ import typer
 import zmq
 
 from . import broker as broker_module
+from . import security
 from . import tail as tail_module
 from .config import check_endpoint
 from .subscriber import DEFAULT_ENDPOINT
@@ -41,16 +42,33 @@ def broker(
                                        help="Endpoint(s) runners publish to (XSUB), comma-separated."),
     backend: List[str] = typer.Option([broker_module.DEFAULT_BACKEND], "--backend", "-b",
                                       help="Endpoint(s) subscribers connect to (XPUB), comma-separated."),
+    history: List[str] = typer.Option([broker_module.DEFAULT_HISTORY], "--history",
+                                      help="Endpoint(s) of the history service (replay, gap recovery, "
+                                           "acknowledgements); 'none' turns history off."),
+    history_runs: int = typer.Option(100, "--history-runs", min=1, help="Runs the history keeps."),
+    history_bytes: int = typer.Option(64 * 2**20, "--history-bytes", min=0, help="Bytes of messages the history keeps."),
     stats_interval: Optional[float] = typer.Option(None, "--stats-interval", min=0.1,
                                                    help="Print traffic statistics every this many seconds."),
     max_message_size: int = typer.Option(broker_module.DEFAULT_MAX_MESSAGE_SIZE, "--max-message-size", min=1,
                                          help="Disconnect a publisher that sends a larger message (bytes)."),
     startup_grace: float = typer.Option(1.0, "--startup-grace", min=0,
                                         help="Seconds to let subscribers (re)connect before forwarding starts."),
+    curve_secret_key_file: Optional[str] = typer.Option(
+        None, "--curve-secret-key-file", help="The broker's .key_secret file: CURVE on both sides (docs/security.md)."),
+    publisher_keys: Optional[str] = typer.Option(
+        None, "--publisher-keys", help="With CURVE: directory of the public keys (*.key) of runners allowed to publish."),
+    subscriber_keys: Optional[str] = typer.Option(
+        None, "--subscriber-keys", help="With CURVE: directory of the public keys (*.key) of allowed subscribers."),
+    ipc_mode: str = typer.Option("600", "--ipc-mode",
+                                 help="Permissions of ipc:// socket files the broker binds (octal, or keep)."),
 ) -> None:
     """Run a broker in the foreground until SIGINT or SIGTERM."""
-    instance = broker_module.Broker(_split(frontend), _split(backend), max_message_size=max_message_size,
-                                    startup_grace=startup_grace)
+    curve, mode = _broker_security(curve_secret_key_file, publisher_keys, subscriber_keys, ipc_mode)
+    history_endpoints = [] if _split(history) == ["none"] else _split(history)
+    instance = broker_module.Broker(_split(frontend), _split(backend), history_endpoints,
+                                    history_runs=history_runs, history_bytes=history_bytes,
+                                    max_message_size=max_message_size,
+                                    startup_grace=startup_grace, curve=curve, ipc_mode=mode)
     try:
         instance.start()
     except broker_module.BrokerError as exc:
@@ -59,7 +77,11 @@ def broker(
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     typer.echo(f"zmq-emitter broker: runners publish to {', '.join(instance.frontend_endpoints)}; "
-               f"subscribers connect to {', '.join(instance.backend_endpoints)}", err=True)
+               f"subscribers connect to {', '.join(instance.backend_endpoints)}; "
+               f"history at {', '.join(instance.history_endpoints) or 'none'}", err=True)
+    if curve is not None:
+        typer.echo(f"zmq-emitter broker: CURVE on, public key {curve.pair.public.decode()}; publishers: "
+                   f"{curve.publisher_keys or 'any key'}; subscribers: {curve.subscriber_keys or 'any key'}", err=True)
     try:
         broker_module.run_forever(instance, stats_interval, lambda line: typer.echo(line, err=True), stop)
     finally:
@@ -72,7 +94,7 @@ def tail(
                                       help="Broker backend or runner (bind mode) endpoint(s)."),
     topic: List[str] = typer.Option([], "--topic", "-t", help="status or event (default: both)."),
     ident: Optional[str] = typer.Option(None, "--ident", "-i", help="Only this run (filtered at the source)."),
-    event: List[str] = typer.Option([], "--event", "-e", help="Only these events, e.g. runner_on_failed."),
+    event: List[str] = typer.Option([], "--event", "-e", help="Only these events, e.g. runner_on_failed (statuses too only with --topic)."),
     host: List[str] = typer.Option([], "--host", help="Only events of these hosts."),
     count: Optional[int] = typer.Option(None, "--count", "-n", min=1, help="Exit after this many messages."),
     fmt: str = typer.Option("pretty", "--format", help="pretty, json or stdout."),
@@ -80,9 +102,14 @@ def tail(
                                     help="Exit at the run's final status: 0 successful, 1 failed, 3 timeout, "
                                          "4 canceled, 5 error."),
     colour: Optional[bool] = typer.Option(None, "--color/--no-color", help="Colour (default: on a terminal)."),
+    curve_server_key: Optional[str] = typer.Option(
+        None, "--curve-server-key", help="The broker's public key (.key file or z85 text): CURVE encryption."),
+    curve_secret_key_file: Optional[str] = typer.Option(
+        None, "--curve-secret-key-file", help="This subscriber's .key_secret file, for a broker that checks keys."),
 ) -> None:
     """Print runs' statuses and events as they arrive."""
-    kinds = tuple(_split(topic)) or tail_module.protocol.KINDS
+    # --event NAME asks for those events only: statuses too only if --topic says so.
+    kinds = tuple(_split(topic)) or (("event",) if event else tail_module.protocol.KINDS)
     for kind in kinds:
         if kind not in tail_module.protocol.KINDS:
             _fail(f"--topic {kind!r}: accepted: status, event", 2)
@@ -95,7 +122,10 @@ def tail(
             _fail(f"--connect {endpoint!r}: {problem}", 2)
     filters = tail_module.Filters(kinds=kinds, ident=ident, events=tuple(_split(event)), hosts=tuple(_split(host)))
     try:
-        code = tail_module.run(endpoints, filters, fmt=fmt, count=count, until_done=until_done, colour=colour)
+        code = tail_module.run(endpoints, filters, fmt=fmt, count=count, until_done=until_done, colour=colour,
+                               curve_server_key=curve_server_key, curve_secret_key_file=curve_secret_key_file)
+    except security.SecurityError as exc:
+        _fail(f"tail: {exc}", 2)
     except KeyboardInterrupt:
         code = 130
     except BrokenPipeError:  # e.g. `zmq-emitter tail | head`
@@ -104,6 +134,37 @@ def tail(
     except zmq.ZMQError as exc:
         _fail(f"tail: {exc}")
     raise typer.Exit(code)
+
+
+@app.command()
+def keygen(
+    name: str = typer.Argument(..., help="File name: writes NAME.key (public) and NAME.key_secret (0600)."),
+    directory: str = typer.Option(".", "--dir", "-d", help="Directory to write the key files into."),
+    force: bool = typer.Option(False, "--force", help="Replace existing key files of that name."),
+) -> None:
+    """Write a CURVE key pair for a broker, runner or subscriber (the format of zmq.auth)."""
+    try:
+        public_file, secret_file = security.generate_keys(directory, name, force=force)
+    except (security.SecurityError, OSError) as exc:
+        _fail(f"keygen: {exc}")
+    typer.echo(f"public key: {public_file} ({security.load_public_key(public_file).decode()})")
+    typer.echo(f"secret key: {secret_file} (mode 0600; keep it on this machine)")
+
+
+def _broker_security(secret_key_file: str | None, publisher_keys: str | None, subscriber_keys: str | None,
+                     ipc_mode: str):
+    try:
+        mode = security.parse_ipc_mode(ipc_mode)
+    except ValueError as exc:
+        _fail(f"--ipc-mode: {exc}", 2)
+    if secret_key_file is None:
+        if publisher_keys or subscriber_keys:
+            _fail("--publisher-keys/--subscriber-keys need --curve-secret-key-file (the broker's key pair)", 2)
+        return None, mode
+    try:
+        return security.ServerCurve.load(secret_key_file, publisher_keys, subscriber_keys), mode
+    except security.SecurityError as exc:
+        _fail(str(exc), 2)
 
 
 @app.command()

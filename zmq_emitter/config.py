@@ -17,7 +17,7 @@ import os
 import re
 from typing import Any, Callable, Mapping
 
-from . import protocol
+from . import protocol, security
 
 DEFAULT_FRONTEND = "tcp://127.0.0.1:5557"  # where `zmq-emitter broker` listens for runners
 
@@ -104,6 +104,19 @@ SETTINGS = (
             "The plugin's buffer for messages no peer could take yet: at most this many (oldest dropped and counted)."),
     Setting("buffer_bytes", _count, 64 * 2**20, "bytes",
             "The same buffer's bound in payload bytes."),
+    # Security (security.py, docs/security.md)
+    Setting("curve_server_key", security.parse_server_key, b"", "a .key file or 40 z85 characters",
+            "The broker's CURVE public key: encrypt the connection to runner_zmq_url and check the broker."),
+    Setting("curve_secret_key_file", security.parse_secret_key_file, None, "a .key_secret file",
+            "This runner's CURVE key pair (`zmq-emitter keygen`), for a broker that admits only listed keys."),
+    Setting("redact", security.parse_flag, True, "true, false",
+            "Replace secret-looking values in the `starting` status's env with <redacted>."),
+    Setting("redact_names", security.parse_names, (), "comma-separated name parts",
+            "More parts of variable names to redact (case-insensitive), besides the built-in list."),
+    Setting("send_env", security.parse_flag, True, "true, false",
+            "Include the env in the `starting` status at all."),
+    Setting("ipc_mode", security.parse_ipc_mode, security.DEFAULT_IPC_MODE, "octal mode such as 600, or keep",
+            "Permissions of ipc:// socket files the plugin binds (keep: as the umask made them)."),
 )
 
 
@@ -118,6 +131,20 @@ class Config:
     linger: int = 1000
     buffer_messages: int = 10000
     buffer_bytes: int = 64 * 2**20
+    curve_server_key: bytes = b""
+    curve_secret_key_file: security.KeyPair | None = None  # the key pair read from that file
+    redact: bool = True
+    redact_names: tuple[str, ...] = ()
+    send_env: bool = True
+    ipc_mode: int | None = security.DEFAULT_IPC_MODE
+
+    def __post_init__(self):
+        if self.curve_secret_key_file and not self.curve_server_key:
+            raise ConfigError("zmq_emitter: runner_zmq_curve_secret_key_file needs runner_zmq_curve_server_key "
+                              "(the broker's public key)")
+        if self.curve_server_key and self.bind:
+            raise ConfigError("zmq_emitter: CURVE (runner_zmq_curve_server_key) works with runner_zmq_url, "
+                              "not runner_zmq_bind; see docs/security.md")
 
     @property
     def active(self) -> bool:
@@ -129,7 +156,8 @@ class Config:
 
     def transport(self) -> tuple:
         """What decides the socket: runs whose transport settings are equal share one socket."""
-        return (self.url, self.bind, self.sndhwm, self.linger, self.buffer_messages, self.buffer_bytes)
+        return (self.url, self.bind, self.sndhwm, self.linger, self.buffer_messages, self.buffer_bytes,
+                self.curve_server_key, self.curve_secret_key_file, self.ipc_mode)
 
 
 def load(settings: Mapping[str, Any] | None, environ: Mapping[str, str] | None = None) -> Config:

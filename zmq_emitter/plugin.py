@@ -30,13 +30,14 @@ import collections
 import logging
 import os
 import secrets
+import sys
 import threading
 import time
 from typing import Any
 
 import zmq
 
-from . import protocol
+from . import protocol, security
 from .config import Config, ConfigError, load
 
 log = logging.getLogger("zmq_emitter")
@@ -60,9 +61,14 @@ class Publisher:
         self._linger_ms = config.linger
         self._max_messages = config.buffer_messages
         self._max_bytes = config.buffer_bytes
-        self._pending: collections.deque = collections.deque()  # frames no peer took yet
-        self._pending_bytes = 0
-        self.dropped = 0  # messages pushed out of the full buffer, never sent
+        # The buffer, oldest first: messages sent but not yet acknowledged by a broker
+        # (kept only once a broker has acknowledged something), then messages not sent yet.
+        self._sent: collections.deque = collections.deque()    # (seq, frames)
+        self._unsent: collections.deque = collections.deque()  # (seq, frames)
+        self._buffer_bytes = 0
+        self._acknowledging = False  # a peer acknowledges what it received (a broker with history)
+        self.dropped = 0      # pushed out of the full buffer before they were ever sent
+        self.unconfirmed = 0  # pushed out of the full buffer after sending, never acknowledged
         self._subscriptions: set[bytes] = set()
         self._next_poll = 0.0
         self._closed = False
@@ -71,14 +77,23 @@ class Publisher:
         sock = self._context.socket(zmq.XPUB)
         sock.setsockopt(zmq.XPUB_NODROP, 1)   # full queue -> EAGAIN, never a silent drop
         sock.setsockopt(zmq.XPUB_VERBOSE, 1)  # see every (re)subscription, e.g. a restarted broker's
+        # Queue only to live connections: when a broker goes away its queue goes with it and
+        # the plugin's own buffer (re)sends, in order, what the broker did not acknowledge.
+        sock.setsockopt(zmq.IMMEDIATE, 1)
         sock.setsockopt(zmq.SNDHWM, config.sndhwm)
         sock.setsockopt(zmq.LINGER, config.linger)
         self._socket = sock
         try:
+            if config.curve_server_key:  # CURVE client of the broker (security.py)
+                security.curve_client(sock, config.curve_server_key, config.curve_secret_key_file)
             for endpoint in config.url:
                 sock.connect(endpoint)
             for endpoint in config.bind:
                 sock.bind(endpoint)
+                security.restrict_ipc(sock.getsockopt_string(zmq.LAST_ENDPOINT), config.ipc_mode)
+        except security.SecurityError as exc:
+            self._abandon()
+            raise ConfigError(f"zmq_emitter: runner_zmq_ipc_mode/runner_zmq_curve_*: {exc}") from None
         except zmq.ZMQError as exc:
             self._abandon()
             raise ConfigError(f"zmq_emitter: cannot use endpoint from runner_zmq_url/runner_zmq_bind "
@@ -95,62 +110,89 @@ class Publisher:
         """Publish one message, or keep it in the buffer if no peer can take it now.  Never blocks."""
         with self._lock:
             self._seq += 1
-            frames = (topic, header_prefix + b"%d}" % self._seq, payload)
+            entry = (self._seq, (topic, header_prefix + b"%d}" % self._seq, payload))
             now = time.monotonic()
             if now >= self._next_poll:
                 self._next_poll = now + _POLL_INTERVAL
-                self._read_subscriptions()
-            if self._pending or not self._subscriptions:
-                self._keep(frames)
+                self._read_incoming()
+            if self._unsent or not self._subscriptions:
+                self._keep(self._unsent, entry)
                 self._flush()
                 return
             try:
-                self._socket.send_multipart(frames, zmq.NOBLOCK)
+                self._socket.send_multipart(entry[1], zmq.NOBLOCK)
             except zmq.ZMQError:  # EAGAIN: the peer's queue is full; ETERM etc.: keep it
-                self._keep(frames)
+                self._keep(self._unsent, entry)
+                return
+            if self._acknowledging:
+                self._keep(self._sent, entry)
 
     # -- everything off the hot path ----------------------------------------------------
 
-    def _read_subscriptions(self) -> None:
-        """Apply the (un)subscriptions peers sent since the last look."""
+    def _read_incoming(self) -> None:
+        """Apply the (un)subscriptions and acknowledgements peers sent since the last look."""
         sock = self._socket
         try:
             while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                 frame = sock.recv(zmq.NOBLOCK)
                 if frame[:1] == b"\x01":
+                    if not self._subscriptions:
+                        # A peer is (back) after none was: what the last one did not
+                        # acknowledge goes again, before anything newer.
+                        self._unsent.extendleft(reversed(self._sent))
+                        self._sent.clear()
                     self._subscriptions.add(frame[1:])
                 elif frame[:1] == b"\x00":
                     self._subscriptions.discard(frame[1:])
+                else:
+                    acked = protocol.parse_ack(frame).get(self.id)
+                    if isinstance(acked, int):
+                        self._acknowledging = True
+                        self._acknowledge(acked)
         except zmq.ZMQError:
             pass
 
-    def _keep(self, frames: tuple) -> None:
-        self._pending.append(frames)
-        self._pending_bytes += len(frames[2])
-        while len(self._pending) > self._max_messages or self._pending_bytes > self._max_bytes:
-            self._pending_bytes -= len(self._pending.popleft()[2])
-            self.dropped += 1
+    def _acknowledge(self, seq: int) -> None:
+        sent = self._sent
+        while sent and sent[0][0] <= seq:
+            self._buffer_bytes -= len(sent.popleft()[1][2])
+
+    def _keep(self, queue: collections.deque, entry: tuple) -> None:
+        queue.append(entry)
+        self._buffer_bytes += len(entry[1][2])
+        sent, unsent = self._sent, self._unsent
+        while len(sent) + len(unsent) > self._max_messages or self._buffer_bytes > self._max_bytes:
+            if sent:  # sent and probably delivered: only the chance to send it again is lost
+                self._buffer_bytes -= len(sent.popleft()[1][2])
+                self.unconfirmed += 1
+            else:
+                self._buffer_bytes -= len(unsent.popleft()[1][2])
+                self.dropped += 1
 
     def _flush(self) -> None:
         """Send buffered messages, oldest first, while peers take them."""
         if not self._subscriptions:
             return
-        pending, sock = self._pending, self._socket
+        unsent, sock = self._unsent, self._socket
         try:
-            while pending:
-                sock.send_multipart(pending[0], zmq.NOBLOCK)
-                self._pending_bytes -= len(pending.popleft()[2])
+            while unsent:
+                sock.send_multipart(unsent[0][1], zmq.NOBLOCK)
+                entry = unsent.popleft()
+                if self._acknowledging:
+                    self._sent.append(entry)
+                else:
+                    self._buffer_bytes -= len(entry[1][2])
         except zmq.ZMQError:
             pass
 
     def flush(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for the buffer to empty; True if it did."""
+        """Wait up to ``timeout`` seconds until everything is sent (and acknowledged, by a broker that does)."""
         deadline = time.monotonic() + timeout
         while True:
             with self._lock:
-                self._read_subscriptions()
+                self._read_incoming()
                 self._flush()
-                if not self._pending:
+                if not self._unsent and not self._sent:
                     return True
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -158,27 +200,47 @@ class Publisher:
             self._socket.poll(min(remaining, 0.01) * 1000)
 
     def close(self) -> None:
-        """Flush (bounded by the linger setting), close the socket and report what was lost."""
+        """Send the closing report, flush (bounded by the linger setting), close, and report any loss."""
         if self._closed or os.getpid() != self._pid:
             return  # closed already, or a forked child: the parent's socket is not ours
         start = time.monotonic()
+        with self._lock:
+            published = self._seq
+            report = {"publisher": self.id, "published": published, "dropped": self.dropped,
+                      "unconfirmed": self.unconfirmed, "buffered": len(self._unsent) + len(self._sent)}
+        self.send(protocol.topic("publisher", self.id, "closed"), self.header_prefix("json"),
+                  protocol.encode_json(report))
         self.flush(self._linger_ms / 1000)
         with self._lock:
             self._closed = True
-            undelivered = len(self._pending)
+            undelivered = sum(1 for seq, _ in self._unsent if seq <= published)
+            unacknowledged = sum(1 for seq, _ in self._sent if seq <= published)
             remaining_ms = max(0, int(self._linger_ms - (time.monotonic() - start) * 1000))
             self._socket.close(linger=remaining_ms)
             self._context.term()
         if self.dropped or undelivered:
-            log.warning("zmq_emitter: publisher %s lost %d of %d messages: %d pushed out of the full buffer "
-                        "(runner_zmq_buffer_messages/_bytes), %d still undelivered at exit (no peer within "
-                        "runner_zmq_linger=%d ms)", self.id, self.dropped + undelivered, self._seq,
-                        self.dropped, undelivered, self._linger_ms)
+            _report_loss("zmq_emitter: publisher %s lost %d of %d messages: %d pushed out of the full buffer "
+                         "(runner_zmq_buffer_messages/_bytes), %d still undelivered at exit (no peer within "
+                         "runner_zmq_linger=%d ms)", self.id, self.dropped + undelivered, published,
+                         self.dropped, undelivered, self._linger_ms)
+        if self.unconfirmed or unacknowledged:
+            _report_loss("zmq_emitter: publisher %s: %d of %d messages were sent but never acknowledged by the "
+                         "broker (%d pushed out of the buffer, %d at exit); they may or may not have arrived",
+                         self.id, self.unconfirmed + unacknowledged, published, self.unconfirmed, unacknowledged)
 
     def _abandon(self) -> None:
         self._closed = True
         self._socket.close(linger=0)
         self._context.term()
+
+
+def _report_loss(message: str, *args: Any) -> None:
+    # `ansible-runner run` mutes the root logger (level 99, a NullHandler), which would hide
+    # the one line saying that messages were lost; then it goes to stderr directly.
+    if log.isEnabledFor(logging.WARNING):
+        log.warning(message, *args)
+    else:
+        print(message % args, file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------------------------------
@@ -188,10 +250,15 @@ class Publisher:
 class _Route:
     """What one runner configuration resolved to: its publisher and codec, or nothing."""
 
-    __slots__ = ("runner_config", "publisher", "encode", "header_prefix")
+    __slots__ = ("runner_config", "publisher", "encode", "header_prefix", "scrub")
 
-    def __init__(self, runner_config: Any, publisher: Publisher | None, codec: str):
+    def __init__(self, runner_config: Any, publisher: Publisher | None, codec: str, config: Config | None = None):
         self.runner_config = runner_config  # kept to tell a reused id() from the same object
+        config = config or Config()
+        pattern = security.secret_name_pattern(config.redact_names)
+        # Only the `starting` status carries the env; it gets a redacted copy (security.py).
+        self.scrub = lambda data: security.redact_status(data, redact=config.redact, send_env=config.send_env,
+                                                         pattern=pattern)
         self.publisher = publisher
         self.encode = protocol.ENCODERS[codec]
         self.header_prefix = publisher.header_prefix(codec) if publisher else b""
@@ -213,7 +280,7 @@ def _resolve(runner_config: Any) -> _Route:
                 publisher = _publishers[config.transport()] = Publisher(config)
         if len(_routes) > 256:  # runner configs come and go in long-lived processes
             _routes.clear()
-        route = _routes[id(runner_config)] = _Route(runner_config, publisher, config.codec)
+        route = _routes[id(runner_config)] = _Route(runner_config, publisher, config.codec, config)
         return route
 
 
@@ -245,6 +312,8 @@ def status_handler(runner_config: Any, data: dict) -> None:
         route = _resolve(runner_config)
     if route.publisher is not None:
         topic = _topic("status", data.get("runner_ident"), data.get("status"))
+        if "env" in data:  # the `starting` status: publish a redacted copy, never touch data
+            data = route.scrub(data)
         route.publisher.send(topic, route.header_prefix, route.encode(data))
 
 

@@ -33,7 +33,7 @@ import msgpack
 import orjson
 
 VERSION = 1
-KINDS = ("status", "event")
+KINDS = ("status", "event", "publisher")  # "publisher": a publisher's closing report
 CODECS = ("json", "msgpack")
 SEPARATOR = "/"
 
@@ -70,6 +70,7 @@ def header_prefix(codec: str, publisher: str) -> bytes:
 #   date, time, datetime -> ISO 8601 text;  anything else -> str(value)
 #   non-string keys -> str(key);  integers beyond 64 bits -> decimal text
 #   a container that contains itself -> the text "<recursion>" in its place
+#   text with lone surrogates (not UTF-8) -> those characters as the text \udcNN
 
 
 def fallback(value: Any) -> Any:
@@ -92,8 +93,10 @@ def to_plain(value: Any, _active: frozenset = frozenset()) -> Any:
 
     The slow path, taken only when the fast encoder refused a value.
     """
-    if value is None or isinstance(value, (str, bool, float)):
+    if value is None or isinstance(value, (bool, float)):
         return value
+    if isinstance(value, str):
+        return _text(value)
     if isinstance(value, int):
         return value if value in _INT_RANGE else str(value)
     if isinstance(value, (dict, list, tuple, set, frozenset)):
@@ -101,9 +104,18 @@ def to_plain(value: Any, _active: frozenset = frozenset()) -> Any:
             return "<recursion>"
         active = _active | {id(value)}
         if isinstance(value, dict):
-            return {k if isinstance(k, str) else str(k): to_plain(v, active) for k, v in value.items()}
+            return {_text(k if isinstance(k, str) else str(k)): to_plain(v, active) for k, v in value.items()}
         return [to_plain(v, active) for v in value]
     return to_plain(fallback(value), _active)
+
+
+def _text(text: str) -> str:
+    """``text``, or, if it holds lone surrogates (UTF-8 cannot carry them), with those as \\udcNN."""
+    try:
+        text.encode()
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode()
 
 
 def encode_json(data: Any) -> bytes:
@@ -115,6 +127,9 @@ def encode_json(data: Any) -> bytes:
 
 def encode_msgpack(data: Any) -> bytes:
     try:
+        # msgpack alone would pack non-string keys as they are (a tuple key as an array, which
+        # decoders refuse as a map key), so orjson's refusal decides the slow path for both codecs.
+        orjson.dumps(data, default=fallback)
         return msgpack.packb(data, default=fallback, use_bin_type=True)
     except (TypeError, ValueError, OverflowError):
         return msgpack.packb(to_plain(data), use_bin_type=True)
@@ -159,11 +174,11 @@ class Message:
     topic: bytes
 
 
-def decode(frames: list[bytes]) -> Message:
-    """Decode the frames of one message; raise ProtocolError if they are not a valid message."""
+def _head(frames: list[bytes]) -> tuple[str, str, str, str, str, int]:
+    """(kind, ident, name, codec, publisher, seq) from the topic and header frames, checked."""
     if len(frames) != 3:
         raise ProtocolError(f"expected 3 frames (topic, header, payload), got {len(frames)}")
-    topic_frame, header_frame, payload_frame = (bytes(f) for f in frames)
+    topic_frame, header_frame = bytes(frames[0]), bytes(frames[1])
     try:
         kind, ident, name = topic_frame.decode().split(SEPARATOR, 2)
     except (UnicodeDecodeError, ValueError):
@@ -183,8 +198,97 @@ def decode(frames: list[bytes]) -> Message:
         raise ProtocolError(f"unknown codec {codec!r}; expected one of {', '.join(CODECS)}")
     if not isinstance(publisher, str) or not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
         raise ProtocolError("header needs a string 'pub' and a positive integer 'seq'")
+    return kind, ident, name, codec, publisher, seq
+
+
+def decode(frames: list[bytes]) -> Message:
+    """Decode the frames of one message; raise ProtocolError if they are not a valid message."""
+    kind, ident, name, codec, publisher, seq = _head(frames)
+    payload_frame = bytes(frames[2])
     try:
         payload = DECODERS[codec](payload_frame)
     except Exception as exc:  # each codec raises its own family of errors on bad bytes
         raise ProtocolError(f"payload is not valid {codec}: {exc}") from None
-    return Message(kind, ident, name, publisher, seq, codec, payload, payload_frame, topic_frame)
+    return Message(kind, ident, name, publisher, seq, codec, payload, payload_frame, bytes(frames[0]))
+
+
+# ----------------------------------------------------------------------------------------
+# Envelope: topic and header without decoding the payload (for the broker's history)
+
+
+@dataclasses.dataclass(frozen=True)
+class Envelope:
+    kind: str
+    ident: str
+    name: str
+    publisher: str
+    seq: int
+
+
+def envelope(frames: list[bytes]) -> Envelope:
+    """Topic and header of a message, checked as ``decode`` checks them; the payload is left alone."""
+    kind, ident, name, _codec, publisher, seq = _head(frames)
+    return Envelope(kind, ident, name, publisher, seq)
+
+
+# ----------------------------------------------------------------------------------------
+# Upstream acknowledgements: broker -> publishers
+#
+# The broker sends, through its frontend, one-frame messages b"ACK " + JSON object
+# {publisher id: highest seq received}.  A publisher keeps what it sent until it is
+# acknowledged and sends it again after the broker comes back (docs/reliability.md).
+
+ACK_PREFIX = b"ACK "
+
+
+def ack_frame(acks: dict[str, int]) -> bytes:
+    return ACK_PREFIX + orjson.dumps(acks)
+
+
+def parse_ack(frame: bytes) -> dict[str, int]:
+    """The acknowledgements in an upstream frame; {} for anything else."""
+    if not frame.startswith(ACK_PREFIX):
+        return {}
+    try:
+        acks = orjson.loads(frame[len(ACK_PREFIX):])
+    except orjson.JSONDecodeError:
+        return {}
+    return acks if isinstance(acks, dict) else {}
+
+
+# ----------------------------------------------------------------------------------------
+# The broker's history service (REQ/REP): requests and replies are JSON; a reply that
+# carries messages appends each message's three frames after the JSON frame.
+#
+#   {"op": "runs"}                                  -> {"ok": true, "runs": [...]}
+#   {"op": "replay", "ident": ID, "from_seq": N}    -> {"ok": true, "count": n, "missing": [[a, b], ...]} + frames
+#   {"op": "fetch", "pub": P, "first": A, "last": B} -> same shape, publisher P's messages A..B
+
+
+def request(op: str, **fields: Any) -> bytes:
+    return orjson.dumps({"op": op, **fields})
+
+
+def reply(info: dict, messages: list = ()) -> list[bytes]:
+    frames = [orjson.dumps({"ok": True, **info})]
+    for message_frames in messages:
+        frames.extend(message_frames)
+    return frames
+
+
+def error_reply(text: str) -> list[bytes]:
+    return [orjson.dumps({"ok": False, "error": text})]
+
+
+def parse_reply(frames: list[bytes]) -> tuple[dict, list[list[bytes]]]:
+    """(info, [message frames, ...]) of a history reply; ProtocolError if it is malformed or an error."""
+    try:
+        info = orjson.loads(frames[0])
+    except (IndexError, orjson.JSONDecodeError):
+        raise ProtocolError("history reply is not JSON") from None
+    if not isinstance(info, dict) or not info.get("ok"):
+        raise ProtocolError(f"history request refused: {info.get('error') if isinstance(info, dict) else info!r}")
+    body = frames[1:]
+    if len(body) % 3:
+        raise ProtocolError("history reply frames are not whole messages")
+    return info, [body[i:i + 3] for i in range(0, len(body), 3)]

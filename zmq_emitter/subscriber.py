@@ -28,7 +28,7 @@ from typing import AsyncIterator, Callable, Iterable, Iterator
 import zmq
 import zmq.asyncio
 
-from . import protocol
+from . import protocol, security
 from .protocol import Message, ProtocolError
 
 log = logging.getLogger("zmq_emitter.subscriber")
@@ -67,6 +67,8 @@ def subscriptions(kinds: Iterable[str] = protocol.KINDS, ident: str | None = Non
     events = list(events)
     prefixes = []
     for kind in kinds:
+        if kind == "publisher" and ident is not None:
+            continue  # publishers' closing reports are not per run
         if ident is None:
             prefixes.append(kind.encode() + b"/")
         elif kind == "event" and events:
@@ -129,8 +131,10 @@ def _warn_invalid_once(tracker: Tracker) -> Callable[[list[bytes], ProtocolError
 
 
 def _socket(context: zmq.Context, endpoints: str | Iterable[str], topics: Iterable[bytes | str],
-            rcvhwm: int) -> zmq.Socket:
+            rcvhwm: int, curve: security.ClientCurve | None = None) -> zmq.Socket:
     sock = context.socket(zmq.SUB)
+    if curve is not None:  # before connect: CURVE options apply to the connects that follow
+        curve.apply(sock)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVHWM, rcvhwm)
     for topic in topics:
@@ -155,11 +159,13 @@ class Subscriber:
     def __init__(self, endpoints: str | Iterable[str] = DEFAULT_ENDPOINT, topics: Iterable[bytes | str] = ("",), *,
                  on_gap: Callable[[Gap], None] | None = None,
                  on_invalid: Callable[[list[bytes], ProtocolError], None] | None = None,
-                 rcvhwm: int = 100_000, context: zmq.Context | None = None):
+                 rcvhwm: int = 100_000, context: zmq.Context | None = None,
+                 curve_server_key: str | bytes | None = None, curve_secret_key_file: str | None = None):
+        curve = security.ClientCurve.load(curve_server_key, curve_secret_key_file)  # docs/security.md
         topics = list(topics)
         self._own_context = context is None
         self.context = context or zmq.Context()
-        self.socket = _socket(self.context, endpoints, topics, rcvhwm)
+        self.socket = _socket(self.context, endpoints, topics, rcvhwm, curve)
         self.tracker = Tracker(track_gaps=_covers_everything(topics), on_gap=on_gap, on_invalid=on_invalid)
 
     @property
@@ -202,11 +208,13 @@ class AsyncSubscriber:
     def __init__(self, endpoints: str | Iterable[str] = DEFAULT_ENDPOINT, topics: Iterable[bytes | str] = ("",), *,
                  on_gap: Callable[[Gap], None] | None = None,
                  on_invalid: Callable[[list[bytes], ProtocolError], None] | None = None,
-                 rcvhwm: int = 100_000, context: zmq.asyncio.Context | None = None):
+                 rcvhwm: int = 100_000, context: zmq.asyncio.Context | None = None,
+                 curve_server_key: str | bytes | None = None, curve_secret_key_file: str | None = None):
+        curve = security.ClientCurve.load(curve_server_key, curve_secret_key_file)  # docs/security.md
         topics = list(topics)
         self._own_context = context is None
         self.context = context or zmq.asyncio.Context()
-        self.socket = _socket(self.context, endpoints, topics, rcvhwm)
+        self.socket = _socket(self.context, endpoints, topics, rcvhwm, curve)
         self.tracker = Tracker(track_gaps=_covers_everything(topics), on_gap=on_gap, on_invalid=on_invalid)
 
     @property

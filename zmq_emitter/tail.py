@@ -108,12 +108,16 @@ def format_stdout(msg: Message) -> str | None:
     """What Ansible printed for the event, or None if it printed nothing."""
     if msg.kind != "event" or not isinstance(msg.payload, dict):
         return None
-    return msg.payload.get("stdout") or None
+    stdout = msg.payload.get("stdout")
+    if not stdout:
+        return None
+    return stdout if isinstance(stdout, str) else str(stdout)  # a hostile publisher may send anything
 
 
 def run(endpoints: Iterable[str], filters: Filters, *, fmt: str = "pretty", count: int | None = None,
         until_done: bool = False, colour: bool | None = None, out: TextIO = sys.stdout,
-        err: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)) -> int:
+        err: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
+        curve_server_key: str | None = None, curve_secret_key_file: str | None = None) -> int:
     """Print messages until ``count`` or, with ``until_done``, the run's final status; return the exit status."""
     colour = out.isatty() if colour is None else colour
     shown = 0
@@ -129,7 +133,8 @@ def run(endpoints: Iterable[str], filters: Filters, *, fmt: str = "pretty", coun
     topics = filters.subscriptions()
     if until_done and "status" not in filters.kinds:  # the final status is needed even if not shown
         topics += subscriptions(["status"], filters.ident)
-    sub = Subscriber(list(endpoints), topics, on_gap=on_gap, on_invalid=on_invalid)
+    sub = Subscriber(list(endpoints), topics, on_gap=on_gap, on_invalid=on_invalid,
+                     curve_server_key=curve_server_key, curve_secret_key_file=curve_secret_key_file)
     try:
         for msg in sub:
             if until_done and watched is None and (filters.match(msg) or msg.kind == "status"):

@@ -1,0 +1,56 @@
+"""Figure 6: resident size of a process that called zmq_emitter.event_handler a million times.
+
+A fresh process (benchmarks/workers.py memory) publishes the corpus, repeated, through a
+``zmq-emitter broker`` process to a subscriber process; once with the broker's history on
+(the default: the plugin then keeps what it sent until the broker acknowledges it) and once
+with ``--history none``.  VmRSS (/proc/self/status) is read after a warm-up of 1,000 calls
+(sockets, caches and imports in place), halfway, at the end, after flushing the plugin's
+buffer, and after glibc's malloc_trim (what is still held, against what was freed but not
+handed back to the OS).  Growth between halfway and the end would be a leak.
+
+    from benchmarks import memory, common
+    result = memory.run(common.corpus_file(), calls=1_000_000)
+"""
+from __future__ import annotations
+
+from . import common
+
+POINTS = ("start", "warm", "half", "end", "flushed", "trimmed")
+
+
+def _one(corpus_path, calls: int, codec: str, history: bool) -> dict:
+    with common.Tmp() as tmp, common.BrokerProcess(tmp, history=history) as broker, \
+            common.Worker("recv", "sub", "connect", broker.backend) as sub, \
+            common.Worker("memory", broker.frontend, corpus_path, codec) as worker:
+        rss = {"start": worker.ready["rss_kib"]}
+        common.connect_through(lambda: worker.call("calls", 1), [sub])
+        rss["warm"] = worker.call("calls", 1000)["rss_kib"]
+        half = worker.call("calls", calls // 2)
+        end = worker.call("calls", calls - calls // 2)
+        rss["half"], rss["end"] = half["rss_kib"], end["rss_kib"]
+        flushed = worker.call("flush")
+        rss["flushed"] = flushed["rss_kib"]
+        rss["trimmed"] = worker.call("trim")["rss_kib"]
+        sent = 1000 + calls  # since the connection check
+        received = sub.call("wait", sent, 10)["counts"][0]
+    return {"rss_kib": rss, "calls_per_s": calls / (half["seconds"] + end["seconds"]), "sent": sent,
+            "received": received, "plugin_dropped": flushed["plugin_dropped"],
+            "growth_kib": rss["end"] - rss["warm"], "growth_second_half_kib": rss["end"] - rss["half"]}
+
+
+def run(corpus_path, calls: int, codec: str = "json") -> dict:
+    data = {"calls": calls, "codec": codec,
+            "history_on": _one(corpus_path, calls, codec, True),
+            "history_off": _one(corpus_path, calls, codec, False)}
+    rows = []
+    for key, label in (("history_on", "broker history on (default)"), ("history_off", "broker --history none")):
+        d = data[key]
+        rows.append([label, f"{d['calls_per_s']:,.0f}"] + [f"{d['rss_kib'][p] / 1024:.0f}" for p in POINTS]
+                    + [f"{d['growth_second_half_kib'] / 1024:+.1f}", f"{d['sent'] - d['received']}/{d['sent']}"])
+    worst = max(data[k]["growth_second_half_kib"] for k in ("history_on", "history_off"))
+    targets = [{"target": "no growth of resident size over the second half of the calls (no leak)",
+                "value": f"{worst / 1024:+.1f} MiB at most", "met": worst < 2048}]
+    return {"title": f"6. Memory of a process making {calls:,} event_handler calls ({codec}; VmRSS MiB)",
+            "headers": ["broker", "calls/s", "start", "after 1k", "halfway", "end", "flushed", "trimmed",
+                        "2nd half growth", "lost/sent"],
+            "rows": rows, "data": data, "targets": targets}

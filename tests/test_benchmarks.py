@@ -1,0 +1,64 @@
+"""The benchmarks still work: `benchmarks/run.py --quick` runs every figure on real processes.
+
+No timing is asserted (the machine is shared); what is asserted is the structure of the
+JSON the full run writes, and that nothing was lost wherever the benchmarks count.
+"""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FIGURES = ["hotpath", "peers", "fanout", "latency", "playbook", "memory", "profile"]
+
+
+def test_quick_benchmarks_run_every_figure_and_lose_nothing(tmp_path):
+    out = tmp_path / "quick.json"
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--out", str(out)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert list(report["figures"]) == FIGURES
+    assert report["machine"]["cores"] >= 1 and report["machine"]["libzmq"]
+    assert report["corpus"]["events"] > 50 and report["corpus"]["bytes_max"] > 10_000  # real, some big events
+
+    figures = report["figures"]
+    for name in FIGURES[:-1]:  # every figure but the profile prints a table and its targets
+        assert figures[name]["rows"] and figures[name]["targets"], name
+        assert figures[name]["title"] in result.stdout
+
+    hot = figures["hotpath"]["data"]
+    for contender in ("plugin_json", "plugin_msgpack", "floor_json", "floor_msgpack"):
+        assert hot[contender]["lost"] == 0 and hot[contender]["sent"] > 0, contender
+        assert hot[contender]["e2e_per_s"]["n"] == 2 and hot[contender]["e2e_per_s"]["median"] > 0
+    assert hot["plugin_json"]["ratio_to_floor"] > 0
+
+    for contender, d in figures["peers"]["data"].items():
+        assert d["lost"] == 0 and d["per_s"]["median"] > 0, contender
+    assert set(figures["peers"]["data"]) == {"plugin", "floor", "http", "per_event_zmq"}
+
+    fan = figures["fanout"]["data"]
+    for kind in ("broker", "broker_nohistory", "proxy"):
+        assert fan[f"throughput_{kind}"]["lost"] == 0
+    for kind in ("broker", "proxy"):
+        for count in (1, 10, 100):
+            assert fan[f"fanout_{count}_{kind}"]["lost"] == 0
+            assert fan[f"fanout_{count}_{kind}"]["expected"] > 0
+
+    for rate, d in figures["latency"]["data"].items():
+        assert d["lost"] == 0 and d["in_order"], rate
+        assert 0 < d["p50_us"]["median"] <= d["p99_us"]["median"] <= d["max_us"]["median"]
+
+    runs = figures["playbook"]["data"]
+    assert set(runs) >= {"off", "zmq", "http"}
+    for mode in ("zmq", "http"):
+        assert runs[mode]["lost"] == 0 and runs[mode]["expected"] > 50, mode
+
+    for key in ("history_on", "history_off"):
+        mem = figures["memory"]["data"][key]
+        assert mem["sent"] == mem["received"] and mem["plugin_dropped"] == 0, key
+        assert set(mem["rss_kib"]) == {"start", "warm", "half", "end", "flushed", "trimmed"}
+
+    profile = figures["profile"]["history_off"]
+    assert profile["received"] == profile["events"] and profile["top"]
+    assert any("dumps" in row["function"] for row in profile["top"])  # the encoder shows up where it should

@@ -1,0 +1,176 @@
+"""Settings: env/settings versus RUNNER_ZMQ_* precedence, inactivity, and every error's message."""
+from __future__ import annotations
+
+import ansible_runner
+import pytest
+from conftest import collect_run, run_cli, runner_env, settle
+
+import zmq_emitter
+from zmq_emitter import config
+from zmq_emitter.broker import Broker
+from zmq_emitter.config import SETTINGS, load
+from zmq_emitter.subscriber import Subscriber
+
+SETTING_NAMES = [s.name for s in SETTINGS]
+
+
+def write_settings(project, **zmq_settings) -> None:
+    """Add runner_zmq_* keys to the project's env/settings (YAML), beside what is there."""
+    settings = project / "env" / "settings"
+    lines = [f"runner_zmq_{name}: {value!r}" for name, value in zmq_settings.items()]
+    settings.write_text(settings.read_text() + "\n".join(lines) + "\n")
+
+
+# ---------------------------------------------------------------------------------------
+# Precedence, resolved by config.load
+
+
+def test_settings_file_keys_are_used_when_no_environment_variable_is_set():
+    resolved = load({"runner_zmq_url": "ipc:///tmp/a, tcp://127.0.0.1:5557", "runner_zmq_codec": "msgpack",
+                     "runner_zmq_sndhwm": 5, "runner_zmq_linger": "7", "runner_zmq_buffer_messages": 9,
+                     "runner_zmq_buffer_bytes": 11, "runner_zmq_bind": "tcp://*:*"}, environ={})
+    assert resolved == config.Config(url=("ipc:///tmp/a", "tcp://127.0.0.1:5557"), bind=("tcp://*:*",),
+                                     codec="msgpack", sndhwm=5, linger=7, buffer_messages=9, buffer_bytes=11)
+
+
+@pytest.mark.parametrize("name, file_value, env_value, expected", [
+    ("url", "ipc:///tmp/file", "ipc:///tmp/env", ("ipc:///tmp/env",)),
+    ("bind", "ipc:///tmp/file", "ipc:///tmp/env", ("ipc:///tmp/env",)),
+    ("codec", "msgpack", "json", "json"),
+    ("sndhwm", 5, "6", 6),
+    ("linger", 5, "0", 0),
+    ("buffer_messages", 5, "6", 6),
+    ("buffer_bytes", 5, "6", 6),
+])
+def test_environment_variable_wins_over_the_settings_file(name, file_value, env_value, expected):
+    resolved = load({f"runner_zmq_{name}": file_value}, environ={f"RUNNER_ZMQ_{name.upper()}": env_value})
+    assert getattr(resolved, name) == expected
+
+
+def test_an_invalid_settings_file_value_is_not_looked_at_when_the_environment_overrides_it():
+    assert load({"runner_zmq_codec": "xml"}, environ={"RUNNER_ZMQ_CODEC": "msgpack"}).codec == "msgpack"
+
+
+def test_unconfigured_means_inactive_with_defaults():
+    resolved = load({}, environ={})
+    assert not resolved.active
+    assert resolved == config.Config()
+    assert load(None, environ={"RUNNER_ZMQ_CODEC": "msgpack"}).active is False  # a codec alone does not enable
+
+
+# ---------------------------------------------------------------------------------------
+# Errors: ConfigError naming the setting, the value and what is accepted
+
+BAD_VALUES = [
+    # (setting, value, a fragment of what the message must say is accepted or wrong)
+    ("url", "http://127.0.0.1:5557", "tcp:// or ipc://"),
+    ("url", "127.0.0.1:5557", "tcp:// or ipc://"),
+    ("url", "tcp://127.0.0.1:70000", "between 1 and 65535"),
+    ("url", "tcp://127.0.0.1:0", "between 1 and 65535"),
+    ("url", "tcp://127.0.0.1", "tcp://HOST:PORT"),
+    ("url", "tcp://127.0.0.1:*", "tcp://HOST:PORT"),  # only a bind may use a wildcard port
+    ("url", "ipc://", "needs a path"),
+    ("url", "ipc:///tmp/ok,ipc://", "needs a path"),  # every endpoint of a list is checked
+    ("bind", "udp://127.0.0.1:1", "tcp:// or ipc://"),
+    ("bind", "tcp://127.0.0.1:99999", "between 1 and 65535"),
+    ("bind", "ipc://", "needs a path"),
+    ("codec", "xml", "json, msgpack"),
+    ("codec", "", "json, msgpack"),
+] + [(name, value, "whole number" if name != "linger" else "milliseconds")
+     for name in ("sndhwm", "linger", "buffer_messages", "buffer_bytes")
+     for value in ("-1", "ten", "1.5", "")]
+
+
+@pytest.mark.parametrize("source", ["settings file", "environment"])
+@pytest.mark.parametrize("name, value, accepted", BAD_VALUES)
+def test_bad_value_raises_config_error_naming_setting_value_and_what_is_accepted(name, value, accepted, source):
+    key, env = f"runner_zmq_{name}", f"RUNNER_ZMQ_{name.upper()}"
+    with pytest.raises(zmq_emitter.ConfigError) as info:
+        if source == "environment":
+            load({}, environ={env: value})
+        else:
+            load({key: value}, environ={})
+    message = str(info.value)
+    assert (env if source == "environment" else key) in message
+    assert repr(value) in message or repr(value.split(",")[-1]) in message
+    assert accepted in message
+    setting = next(s for s in SETTINGS if s.name == name)
+    assert f"accepted: {setting.accepts}" in message
+
+
+@pytest.mark.parametrize("name", ["sndhwm", "linger", "buffer_messages", "buffer_bytes"])
+def test_numbers_from_the_settings_file_are_checked_too(name):
+    for bad in (-5, True, 2.5, [1]):
+        with pytest.raises(zmq_emitter.ConfigError, match=f"runner_zmq_{name}"):
+            load({f"runner_zmq_{name}": bad}, environ={})
+    assert getattr(load({f"runner_zmq_{name}": 0}, environ={}), name) == 0
+
+
+def test_config_error_is_the_packages_exported_error():
+    assert zmq_emitter.ConfigError is config.ConfigError
+    assert issubclass(zmq_emitter.ConfigError, ValueError)
+
+
+# ---------------------------------------------------------------------------------------
+# Real runs
+
+
+def test_unconfigured_plugin_creates_no_socket_and_the_run_succeeds(project, inprocess_env, fresh_plugin):
+    result = ansible_runner.run(private_data_dir=str(project), playbook="demo.yml", ident="quiet",
+                                extravars={"fail_host": "none"}, quiet=True)
+    assert (result.status, result.rc) == ("successful", 0)
+    assert fresh_plugin._publishers == {}
+    # the handlers were called (a route was resolved), and resolved to nothing
+    routes = list(fresh_plugin._routes.values())
+    assert routes and all(route.publisher is None for route in routes)
+
+
+def test_settings_file_configures_a_real_run(project, broker, inprocess_env, fresh_plugin):
+    write_settings(project, url=broker.frontend_endpoints[0], codec="msgpack")
+    with Subscriber(broker.backend_endpoints) as sub:
+        settle()
+        result = ansible_runner.run(private_data_dir=str(project), playbook="demo.yml", ident="from-file",
+                                    extravars={"fail_host": "none"}, quiet=True)
+        messages = collect_run(sub, "from-file")
+    assert result.status == "successful"
+    assert [m.name for m in messages if m.kind == "status"] == ["starting", "running", "successful"]
+    assert {m.codec for m in messages} == {"msgpack"}
+
+
+def test_environment_wins_over_the_settings_file_in_a_real_run(project, broker, tmp_path, inprocess_env,
+                                                                 fresh_plugin):
+    with Broker([f"ipc://{tmp_path}/file-frontend"], [f"ipc://{tmp_path}/file-backend"],
+                startup_grace=0) as file_broker:
+        # the file names one broker and a codec; the environment names another broker only
+        write_settings(project, url=file_broker.frontend_endpoints[0], codec="msgpack")
+        inprocess_env.setenv("RUNNER_ZMQ_URL", broker.frontend_endpoints[0])
+        with Subscriber(broker.backend_endpoints) as env_sub, Subscriber(file_broker.backend_endpoints) as file_sub:
+            settle()
+            result = ansible_runner.run(private_data_dir=str(project), playbook="demo.yml", ident="env-wins",
+                                        extravars={"fail_host": "none"}, quiet=True)
+            messages = collect_run(env_sub, "env-wins")
+            assert file_sub.recv(timeout=0.5) is None
+    assert result.status == "successful"
+    assert [m.name for m in messages if m.kind == "status"] == ["starting", "running", "successful"]
+    assert {m.codec for m in messages} == {"msgpack"}  # what the environment does not set, the file still does
+    # one socket, to the environment's broker only (a transport key starts with the url)
+    assert [transport[0] for transport in fresh_plugin._publishers] == [(broker.frontend_endpoints[0],)]
+
+
+def test_bad_setting_fails_the_ansible_runner_run_command_with_the_message(project, tmp_path):
+    env = runner_env(RUNNER_ZMQ_URL=f"ipc://{tmp_path}/nobody", RUNNER_ZMQ_CODEC="xml")
+    result = run_cli(project, "bad-codec", env)
+    # ansible-runner calls status_handler("starting") before it starts anything; the plugin's
+    # exception ends the command with an error, and the playbook never runs
+    assert result.returncode != 0
+    assert "zmq_emitter.config.ConfigError: zmq_emitter: environment variable RUNNER_ZMQ_CODEC: 'xml' is not a codec; " \
+           "accepted: json, msgpack" in result.stderr
+    assert not (project / "artifacts" / "bad-codec" / "job_events").exists() or \
+        not any((project / "artifacts" / "bad-codec" / "job_events").iterdir())
+
+
+def test_bad_settings_file_value_makes_ansible_runner_run_raise(project, inprocess_env, fresh_plugin):
+    write_settings(project, url="http://127.0.0.1:5557")
+    with pytest.raises(zmq_emitter.ConfigError, match=r"runner_zmq_url.*'http://127.0.0.1:5557'.*tcp:// or ipc://"):
+        ansible_runner.run(private_data_dir=str(project), playbook="demo.yml", ident="bad-url", quiet=True)
+    assert fresh_plugin._publishers == {}

@@ -1,0 +1,508 @@
+"""Security with real sockets: CURVE encryption and authentication, key rotation, secrets kept
+out of the `starting` status, owner-only ipc sockets.  Threat model and set-up: docs/security.md.
+
+Run as a script, this file is the TCP relay the capture test puts between two localhost ports.
+"""
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import types
+from pathlib import Path
+
+import pytest
+import zmq
+import zmq.auth
+from zmq.utils.monitor import recv_monitor_message
+
+from conftest import BIN, collect_run, job_events, run_cli, runner_env, settle
+
+from zmq_emitter import plugin, protocol, security
+from zmq_emitter.broker import Broker
+from zmq_emitter.config import Config, ConfigError, load
+from zmq_emitter.subscriber import Subscriber
+
+pytestmark = pytest.mark.skipif(not zmq.has("curve"), reason="this libzmq has no CURVE")
+
+HANDSHAKE_END = {zmq.EVENT_HANDSHAKE_SUCCEEDED: "succeeded", zmq.EVENT_HANDSHAKE_FAILED_AUTH: "failed-auth",
+                 zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "failed-protocol",
+                 zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "failed-no-detail"}
+
+
+# ---------------------------------------------------------------------------------------
+# Helpers
+
+
+class Keys:
+    """Key pairs made by `zmq-emitter keygen`'s code, and the broker's two allow-lists."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        for name in ("broker", "runner", "reader", "rogue"):
+            security.generate_keys(root / "all", name)
+        self.publishers, self.subscribers = root / "publishers", root / "subscribers"
+        self.publishers.mkdir()
+        self.subscribers.mkdir()
+        shutil.copy(root / "all" / "runner.key", self.publishers)
+        shutil.copy(root / "all" / "reader.key", self.subscribers)
+
+    def public(self, name: str) -> Path:
+        return self.root / "all" / f"{name}.key"
+
+    def secret(self, name: str) -> Path:
+        return self.root / "all" / f"{name}.key_secret"
+
+    def pair(self, name: str) -> security.KeyPair:
+        return security.load_key_pair(self.secret(name))
+
+    def server_curve(self, publishers: bool = True, subscribers: bool = True) -> security.ServerCurve:
+        return security.ServerCurve.load(self.secret("broker"), self.publishers if publishers else None,
+                                         self.subscribers if subscribers else None)
+
+
+@pytest.fixture
+def keys(tmp_path) -> Keys:
+    return Keys(tmp_path / "keys")
+
+
+@pytest.fixture
+def curve_broker(tmp_path, keys):
+    instance = Broker([f"ipc://{tmp_path}/frontend"], [f"ipc://{tmp_path}/backend"], startup_grace=0,
+                      curve=keys.server_curve()).start()
+    instance.wait_forwarding(5)
+    yield instance
+    instance.stop()
+
+
+def handshake(sock: zmq.Socket, endpoint: str, timeout: float = 10.0) -> str:
+    """Connect ``sock`` and return how its first handshake ended (see HANDSHAKE_END)."""
+    monitor = sock.get_monitor_socket()
+    try:
+        sock.connect(endpoint)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if monitor.poll(100):
+                event = recv_monitor_message(monitor)["event"]
+                if event in HANDSHAKE_END:
+                    return HANDSHAKE_END[event]
+        return "no handshake"
+    finally:
+        sock.disable_monitor()
+        monitor.close(linger=0)
+
+
+def publisher(endpoint: str, server_key: bytes = b"", pair: security.KeyPair | None = None) -> plugin.Publisher:
+    """The plugin's own Publisher, configured as runner_zmq_* settings would configure it."""
+    return plugin.Publisher(Config(url=(endpoint,), curve_server_key=server_key, curve_secret_key_file=pair,
+                                   linger=0))
+
+
+def publish(pub: plugin.Publisher, ident: str, name: str, payload: dict) -> None:
+    pub.send(protocol.topic("status", ident, name), pub.header_prefix("json"), protocol.encode_json(payload))
+
+
+def until_flowing(pub: plugin.Publisher, sub: Subscriber, ident: str = "probe") -> None:
+    """Send probes until ``sub`` receives one: the path publisher -> broker -> subscriber is up."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        publish(pub, ident, "probe", {"probe": True})
+        msg = sub.recv(timeout=0.1)
+        if msg is not None and msg.ident == ident:
+            return
+    raise AssertionError("no probe arrived")
+
+
+def receive_all(sub: Subscriber, ident: str, count: int, timeout: float = 20.0) -> list:
+    got, deadline = [], time.monotonic() + timeout
+    while len(got) < count and time.monotonic() < deadline:
+        msg = sub.recv(timeout=0.2)
+        if msg is not None and msg.ident == ident:
+            got.append(msg)
+    return got
+
+
+# ---------------------------------------------------------------------------------------
+# Keys
+
+
+def test_keygen_writes_a_zmq_auth_key_pair_with_an_owner_only_secret_file(tmp_path):
+    run = lambda *args: subprocess.run([str(BIN / "zmq-emitter"), "keygen", *args], capture_output=True, text=True)
+    result = run("runner-1", "--dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    public, secret = zmq.auth.load_certificate(tmp_path / "runner-1.key_secret")
+    assert zmq.auth.load_certificate(tmp_path / "runner-1.key") == (public, None)
+    assert len(public) == len(secret) == 40
+    assert stat.S_IMODE((tmp_path / "runner-1.key_secret").stat().st_mode) == 0o600
+    assert public.decode() in result.stdout and secret.decode() not in result.stdout
+
+    again = run("runner-1", "--dir", str(tmp_path))
+    assert again.returncode == 1 and "exist already" in again.stderr and "Traceback" not in again.stderr
+    assert zmq.auth.load_certificate(tmp_path / "runner-1.key_secret") == (public, secret)  # not overwritten
+    assert run("runner-1", "--dir", str(tmp_path), "--force").returncode == 0
+    assert zmq.auth.load_certificate(tmp_path / "runner-1.key_secret")[0] != public
+
+
+def test_bad_key_settings_are_refused_with_the_setting_named(keys, tmp_path):
+    with pytest.raises(ConfigError, match="RUNNER_ZMQ_CURVE_SERVER_KEY"):
+        load({}, {"RUNNER_ZMQ_URL": "tcp://127.0.0.1:5557", "RUNNER_ZMQ_CURVE_SERVER_KEY": str(tmp_path / "nope")})
+    with pytest.raises(ConfigError, match="runner_zmq_curve_secret_key_file.*no secret key"):
+        load({"runner_zmq_url": "tcp://127.0.0.1:5557", "runner_zmq_curve_server_key": str(keys.public("broker")),
+              "runner_zmq_curve_secret_key_file": str(keys.public("runner"))}, {})
+    with pytest.raises(ConfigError, match="needs runner_zmq_curve_server_key"):
+        load({"runner_zmq_url": "tcp://127.0.0.1:5557",
+              "runner_zmq_curve_secret_key_file": str(keys.secret("runner"))}, {})
+    config = load({"runner_zmq_url": "tcp://127.0.0.1:5557",
+                   "runner_zmq_curve_server_key": keys.pair("broker").public.decode(),  # z85 text works too
+                   "runner_zmq_curve_secret_key_file": str(keys.secret("runner"))}, {})
+    assert config.curve_server_key == keys.pair("broker").public
+    assert keys.pair("runner").secret.decode() not in repr(config)  # never in logs or tracebacks
+
+
+# ---------------------------------------------------------------------------------------
+# CURVE: who gets in
+
+
+def test_subscribers_without_the_right_key_receive_nothing_while_the_authorised_one_gets_everything(
+        curve_broker, keys):
+    server = keys.pair("broker").public
+    rogues = {}
+    ctx = zmq.Context()
+    try:
+        for name, setup in {
+            "plain (NULL mechanism)": lambda s: None,
+            "unlisted key": lambda s: security.curve_client(s, server, keys.pair("rogue")),
+            "no own key": lambda s: security.curve_client(s, server),
+            "wrong server key": lambda s: security.curve_client(s, keys.pair("rogue").public, keys.pair("reader")),
+        }.items():
+            sock = ctx.socket(zmq.SUB)
+            sock.setsockopt(zmq.SUBSCRIBE, b"")
+            setup(sock)
+            outcome = handshake(sock, curve_broker.backend_endpoints[0])
+            assert outcome.startswith("failed"), (name, outcome)
+            rogues[name] = sock
+
+        with Subscriber(curve_broker.backend_endpoints, curve_server_key=str(keys.public("broker")),
+                        curve_secret_key_file=str(keys.secret("reader"))) as sub:
+            pub = publisher(curve_broker.frontend_endpoints[0], server, keys.pair("runner"))
+            try:
+                until_flowing(pub, sub)
+                for i in range(200):
+                    publish(pub, "secret-run", "running", {"i": i})
+                assert [m.payload["i"] for m in receive_all(sub, "secret-run", 200)] == list(range(200))
+            finally:
+                pub.close()
+        for name, sock in rogues.items():
+            assert not sock.poll(500), f"{name} subscriber received something"
+    finally:
+        for sock in rogues.values():
+            sock.close(linger=0)
+        ctx.destroy(linger=0)
+
+
+def test_publishers_without_the_right_key_inject_nothing_while_the_authorised_one_gets_through(curve_broker, keys):
+    server = keys.pair("broker").public
+    ctx = zmq.Context()
+    rogues = {}
+    try:
+        with Subscriber(curve_broker.backend_endpoints, curve_server_key=server,
+                        curve_secret_key_file=str(keys.secret("reader"))) as sub:
+            for name, setup in {
+                "plain (NULL mechanism)": lambda s: None,
+                "unlisted key": lambda s: security.curve_client(s, server, keys.pair("rogue")),
+                "a subscriber's key": lambda s: security.curve_client(s, server, keys.pair("reader")),
+            }.items():
+                sock = ctx.socket(zmq.PUB)  # a PUB whose peer would subscribe sends at once
+                setup(sock)
+                outcome = handshake(sock, curve_broker.frontend_endpoints[0])
+                assert outcome.startswith("failed"), (name, outcome)
+                rogues[name] = sock
+            good = publisher(curve_broker.frontend_endpoints[0], server, keys.pair("runner"))
+            try:
+                until_flowing(good, sub)
+                for round_ in range(50):
+                    for name, sock in rogues.items():
+                        sock.send_multipart([protocol.topic("status", "injected", "failed"),
+                                             b'{"v":1,"codec":"json","pub":"rogue","seq":%d}' % (round_ + 1),
+                                             b'{"from": "%s"}' % name.encode()])
+                    publish(good, "genuine", "running", {"i": round_})
+                got = receive_all(sub, "genuine", 50)
+                assert [m.payload["i"] for m in got] == list(range(50))
+                assert sub.recv(timeout=0.5) is None
+                assert sub.counts.invalid == 0 and all(m.ident != "injected" for m in got)
+            finally:
+                good.close()
+    finally:
+        for sock in rogues.values():
+            sock.close(linger=0)
+        ctx.destroy(linger=0)
+
+
+def test_a_broker_admitting_any_key_still_encrypts_but_lets_unlisted_keys_in(tmp_path, keys):
+    """The control for the two tests above: without a key directory the same rogue key gets through."""
+    curve = keys.server_curve(publishers=False, subscribers=False)
+    with Broker([f"ipc://{tmp_path}/f"], [f"ipc://{tmp_path}/b"], startup_grace=0, curve=curve) as broker:
+        broker.wait_forwarding(5)
+        server = keys.pair("broker").public
+        with Subscriber(broker.backend_endpoints, curve_server_key=server,
+                        curve_secret_key_file=str(keys.secret("rogue"))) as sub:
+            pub = publisher(broker.frontend_endpoints[0], server, keys.pair("rogue"))
+            try:
+                until_flowing(pub, sub)
+            finally:
+                pub.close()
+        ctx = zmq.Context()
+        plain = ctx.socket(zmq.SUB)
+        try:
+            assert handshake(plain, broker.backend_endpoints[0]).startswith("failed")  # never plain, even then
+        finally:
+            plain.close(linger=0)
+            ctx.destroy(linger=0)
+
+
+def test_a_removed_key_is_refused_from_the_next_connection_on_and_an_added_one_admitted(curve_broker, keys):
+    server = keys.pair("broker").public
+    ctx = zmq.Context()
+    socks = []
+
+    def attempt(side: str, name: str) -> str:
+        sock = ctx.socket(zmq.SUB if side == "backend" else zmq.PUB)
+        socks.append(sock)
+        security.curve_client(sock, server, keys.pair(name))
+        return handshake(sock, getattr(curve_broker, f"{side}_endpoints")[0])
+
+    try:
+        assert attempt("backend", "reader") == "succeeded"
+        assert attempt("frontend", "runner") == "succeeded"
+        (keys.subscribers / "reader.key").unlink()
+        (keys.publishers / "runner.key").unlink()
+        assert attempt("backend", "reader") == "failed-auth"
+        assert attempt("frontend", "runner") == "failed-auth"
+        shutil.copy(keys.public("rogue"), keys.subscribers / "newcomer.key")
+        assert attempt("backend", "rogue") == "succeeded"
+    finally:
+        for sock in socks:
+            sock.close(linger=0)
+        ctx.destroy(linger=0)
+
+
+def test_broker_and_tail_commands_speak_curve_end_to_end(tmp_path, keys):
+    broker = subprocess.Popen(
+        [str(BIN / "zmq-emitter"), "broker", "--frontend", f"ipc://{tmp_path}/f", "--backend", f"ipc://{tmp_path}/b",
+         "--history", "none", "--startup-grace", "0", "--curve-secret-key-file", str(keys.secret("broker")),
+         "--publisher-keys", str(keys.publishers), "--subscriber-keys", str(keys.subscribers)],
+        stderr=subprocess.PIPE, text=True)
+    try:
+        lines = broker.stderr.readline() + broker.stderr.readline()
+        assert "CURVE on" in lines and keys.pair("broker").public.decode() in lines, lines
+        tail = subprocess.Popen([str(BIN / "zmq-emitter"), "tail", "--connect", f"ipc://{tmp_path}/b",
+                                 "--format", "json", "--ident", "tailed", "--count", "1",
+                                 "--curve-server-key", str(keys.public("broker")),
+                                 "--curve-secret-key-file", str(keys.secret("reader"))],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        pub = publisher(f"ipc://{tmp_path}/f", keys.pair("broker").public, keys.pair("runner"))
+        try:
+            deadline = time.monotonic() + 30
+            while tail.poll() is None and time.monotonic() < deadline:
+                publish(pub, "tailed", "running", {"status": "running", "note": "through CURVE"})
+                time.sleep(0.05)
+        finally:
+            pub.close()
+        out, err = tail.communicate(timeout=10)
+        assert tail.returncode == 0, err
+        assert json.loads(out.splitlines()[0])["note"] == "through CURVE"
+    finally:
+        broker.terminate()
+        broker.wait(10)
+
+
+def test_tail_with_an_unusable_key_says_so_without_a_traceback(tmp_path):
+    result = subprocess.run([str(BIN / "zmq-emitter"), "tail", "--curve-server-key", str(tmp_path / "missing.key")],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert "missing.key" in result.stderr and "Traceback" not in result.stderr
+
+
+# ---------------------------------------------------------------------------------------
+# What is on the wire
+
+
+def relay_main(target_port: int, record: str) -> None:
+    """Forward every connection to 127.0.0.1:target_port, appending both directions' bytes to ``record``."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    print(listener.getsockname()[1], flush=True)
+    sel = selectors.DefaultSelector()
+    sel.register(listener, selectors.EVENT_READ)
+    peers: dict[socket.socket, socket.socket] = {}
+    with open(record, "ab", buffering=0) as out:
+        while True:
+            for key, _ in sel.select():
+                sock = key.fileobj
+                if sock is listener:
+                    client, _ = listener.accept()
+                    upstream = socket.create_connection(("127.0.0.1", target_port))
+                    peers[client], peers[upstream] = upstream, client
+                    sel.register(client, selectors.EVENT_READ)
+                    sel.register(upstream, selectors.EVENT_READ)
+                    continue
+                try:
+                    data = sock.recv(65536)
+                except OSError:
+                    data = b""
+                other = peers.get(sock)
+                if not data or other is None:
+                    for s in (sock, other):
+                        if s is not None and s in peers:
+                            sel.unregister(s)
+                            peers.pop(s)
+                            s.close()
+                    continue
+                out.write(data)
+                other.sendall(data)
+
+
+class Relay:
+    def __init__(self, target_endpoint: str, record: Path):
+        self.proc = subprocess.Popen([sys.executable, __file__, target_endpoint.rsplit(":", 1)[1], str(record)],
+                                     stdout=subprocess.PIPE, text=True)
+        self.endpoint = f"tcp://127.0.0.1:{int(self.proc.stdout.readline())}"
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+@pytest.mark.parametrize("curve", [False, True], ids=["plain", "curve"])
+def test_with_curve_the_loopback_traffic_of_a_real_run_never_contains_the_payload(tmp_path, project, keys, curve):
+    marker = f"visible-marker-{os.getpid()}-{curve}"  # a non-secret name: redaction leaves it in the payload
+    record = tmp_path / "wire.bin"
+    server_curve = keys.server_curve() if curve else None
+    with Broker(["tcp://127.0.0.1:0"], ["tcp://127.0.0.1:0"], startup_grace=0, curve=server_curve) as broker:
+        broker.wait_forwarding(5)
+        to_frontend, to_backend = Relay(broker.frontend_endpoints[0], record), Relay(broker.backend_endpoints[0], record)
+        try:
+            client = dict(curve_server_key=str(keys.public("broker")),
+                          curve_secret_key_file=str(keys.secret("reader"))) if curve else {}
+            with Subscriber(to_backend.endpoint, **client) as sub:
+                settle(0.5)
+                settings = {"RUNNER_ZMQ_URL": to_frontend.endpoint, "ZMQ_TEST_MARKER": marker}
+                if curve:
+                    settings.update(RUNNER_ZMQ_CURVE_SERVER_KEY=str(keys.public("broker")),
+                                    RUNNER_ZMQ_CURVE_SECRET_KEY_FILE=str(keys.secret("runner")))
+                result = run_cli(project, "wire", runner_env(**settings))
+                assert result.returncode == 2, result.stderr
+                messages = collect_run(sub, "wire")
+        finally:
+            to_frontend.stop()
+            to_backend.stop()
+    starting = next(m for m in messages if m.name == "starting")
+    assert starting.payload["env"]["ZMQ_TEST_MARKER"] == marker  # the payload carried it both times
+    wire = record.read_bytes()
+    assert len(wire) > 10_000  # the whole run went through the relays
+    assert (marker.encode() in wire) is (not curve)
+    assert (b"runner_on_ok" in wire) is (not curve)
+
+
+# ---------------------------------------------------------------------------------------
+# Secrets out of the `starting` status
+
+
+def test_a_real_run_publishes_no_secret_of_its_environment_and_changes_nothing_else(project, broker):
+    secrets = {"DB_PASSWORD": "pw-4b1d", "GITHUB_TOKEN": "tok-93ab", "aws_secret_access_key": "aws-77c2",
+               "MY_CUSTOM_THING": "custom-5e5e"}
+    proxy = "http://proxyuser:proxy-0f0f@proxy.example:3128"
+    (project / "env" / "envvars").write_text("VAULT_PASSPHRASE: vault-c0de\n")  # ansible-runner's own env file
+    with Subscriber(broker.backend_endpoints) as sub:
+        settle()
+        env = runner_env(RUNNER_ZMQ_URL=broker.frontend_endpoints[0], RUNNER_ZMQ_REDACT_NAMES="custom_thing",
+                         HTTPS_PROXY=proxy, **secrets)
+        result = run_cli(project, "secret-run", env)
+        assert result.returncode == 2, result.stderr
+        messages = collect_run(sub, "secret-run")
+    leaked = [value for value in [*secrets.values(), "vault-c0de", "proxy-0f0f"]
+              for m in messages if value.encode() in m.topic + m.raw_payload]
+    assert leaked == []
+    published_env = next(m for m in messages if m.name == "starting").payload["env"]
+    for name in [*secrets, "VAULT_PASSPHRASE"]:
+        assert published_env[name] == security.REDACTED
+    assert published_env["HTTPS_PROXY"] == f"http://{security.REDACTED}@proxy.example:3128"
+    assert published_env["PATH"] == env["PATH"]  # ordinary variables are kept
+
+    # Nothing else changed: the events equal the artifacts, and the env ansible-runner
+    # wrote to its artifacts after the `starting` status still has the real values.
+    assert [m.payload for m in messages if m.kind == "event"] == job_events(project, "secret-run")
+    written_env = json.loads((project / "artifacts" / "secret-run" / "command").read_text())["env"]
+    assert {name: written_env[name] for name in secrets} == secrets
+    assert written_env["VAULT_PASSPHRASE"] == "vault-c0de" and written_env["HTTPS_PROXY"] == proxy
+
+
+@pytest.mark.parametrize("settings, expected_env", [
+    ({"runner_zmq_send_env": "false"}, None),
+    ({"runner_zmq_redact": "false"}, {"API_KEY": "k-1", "LANG": "C"}),
+    ({}, {"API_KEY": security.REDACTED, "LANG": "C"}),
+], ids=["send_env off", "redaction off", "default"])
+def test_redaction_settings_and_the_callers_dict_is_never_modified(broker, settings, expected_env):
+    runner_config = types.SimpleNamespace(settings={"runner_zmq_url": broker.frontend_endpoints[0], **settings})
+    env = {"API_KEY": "k-1", "LANG": "C"}
+    data = {"status": "starting", "runner_ident": "redact", "command": ["ansible-playbook"], "env": env, "cwd": "/"}
+    snapshot = json.loads(json.dumps(data))
+    with Subscriber(broker.backend_endpoints) as sub:
+        settle()
+        plugin.status_handler(runner_config, data)
+        # The publisher keeps what it sends before the broker's subscription arrived; flush
+        # hands it over (at a process's exit, atexit does the same).
+        assert plugin._routes[id(runner_config)].publisher.flush(10)
+        msg = sub.recv(timeout=10)
+    assert data == snapshot and data["env"] is env  # ansible-runner's dict, as it was
+    assert msg is not None and msg.name == "starting"
+    assert msg.payload.get("env") == expected_env
+    assert msg.payload["command"] == ["ansible-playbook"]
+
+
+# ---------------------------------------------------------------------------------------
+# ipc:// socket files
+
+
+def _connect_as_nobody(path: str) -> str:
+    # A system python: the test's own may live where user nobody cannot read (/root/...).
+    code = ("import socket,sys\ns=socket.socket(socket.AF_UNIX)\n"
+            "try:\n s.connect(sys.argv[1]); print('connected')\nexcept PermissionError: print('denied')")
+    result = subprocess.run([shutil.which("python3", path="/usr/bin:/bin") or sys.executable, "-c", code, path],
+                            capture_output=True, text=True, timeout=30, user=65534, group=65534)
+    return result.stdout.strip() or result.stderr
+
+
+def test_ipc_sockets_of_broker_and_plugin_are_owner_only_unless_a_setting_says_otherwise():
+    shared = Path(tempfile.mkdtemp(prefix="zmq-emitter-ipc-", dir="/tmp"))
+    try:
+        shared.chmod(0o755)  # a directory others may enter: only the socket's own mode protects it
+        with Broker([f"ipc://{shared}/f"], [f"ipc://{shared}/b"], startup_grace=0):
+            with Broker([f"ipc://{shared}/open-f"], [f"ipc://{shared}/open-b"], startup_grace=0, ipc_mode=0o666):
+                pub = plugin.Publisher(load({"runner_zmq_bind": f"ipc://{shared}/runner"}, {}))
+                open_pub = plugin.Publisher(load({"runner_zmq_bind": f"ipc://{shared}/runner-open",
+                                                  "runner_zmq_ipc_mode": "0666"}, {}))
+                try:
+                    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in shared.iterdir()}
+                    assert modes == {"f": 0o600, "b": 0o600, "runner": 0o600,
+                                     "open-f": 0o666, "open-b": 0o666, "runner-open": 0o666}
+                    if os.geteuid() == 0:  # root ignores modes itself, but can ask as another user
+                        assert _connect_as_nobody(str(shared / "b")) == "denied"
+                        assert _connect_as_nobody(str(shared / "runner")) == "denied"
+                        assert _connect_as_nobody(str(shared / "open-b")) == "connected"
+                finally:
+                    pub.close()
+                    open_pub.close()
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    relay_main(int(sys.argv[1]), sys.argv[2])

@@ -1,0 +1,305 @@
+"""The subscriber library and the subscriber examples, on real brokers and real ansible-runner runs.
+
+- three ``ansible-runner run`` processes at once (json and msgpack) through a broker process
+  to 20 subscribers, each of which gets every message of every run;
+- a subscription to one run's ident gets that run only;
+- gaps and duplicates are reported with publisher and sequence numbers;
+- a rogue publisher's garbage is skipped and counted, never raised;
+- the examples in subscriber_examples/ (plain pyzmq; Node.js if its toolchain is here).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import msgpack
+import pytest
+import zmq
+from conftest import BIN, FINAL_STATUSES, job_events, runner_env, settle
+
+from zmq_emitter import protocol
+from zmq_emitter.demo import PROJECT
+from zmq_emitter.subscriber import AsyncSubscriber, Gap, Subscriber, subscriptions
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "subscriber_examples"
+RUNS = {"multi-a": ("json", "web2"), "multi-b": ("msgpack", "none"), "multi-c": ("json", "db1")}
+
+
+def start_run(tmp_path: Path, ident: str, endpoint: str, codec: str, fail_host: str) -> tuple[Path, subprocess.Popen]:
+    """A real ``ansible-runner run`` of the demo playbook, in its own copy of the project."""
+    project = tmp_path / ident
+    shutil.copytree(PROJECT, project)
+    proc = subprocess.Popen([str(BIN / "ansible-runner"), "run", str(project), "-p", "demo.yml", "--ident", ident,
+                             "--cmdline", f"-e fail_host={fail_host}"],
+                            env=runner_env(RUNNER_ZMQ_URL=endpoint, RUNNER_ZMQ_CODEC=codec),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return project, proc
+
+
+def collect_until_final(recv, idents: set[str], timeout: float = 90.0) -> list[protocol.Message]:
+    """Messages from ``recv(timeout)`` until each run in ``idents`` has sent its final status."""
+    messages, open_runs, deadline = [], set(idents), time.monotonic() + timeout
+    while open_runs and time.monotonic() < deadline:
+        msg = recv(0.5)
+        if msg is None:
+            continue
+        messages.append(msg)
+        if msg.kind == "status" and msg.name in FINAL_STATUSES:
+            open_runs.discard(msg.ident)
+    return messages
+
+
+def check_run(messages: list[protocol.Message], project: Path, ident: str, codec: str, final: str) -> None:
+    mine = [m for m in messages if m.ident == ident]
+    assert [m.name for m in mine if m.kind == "status"] == ["starting", "running", final]
+    assert [m.payload for m in mine if m.kind == "event"] == job_events(project, ident)
+    assert {m.codec for m in mine} == {codec}
+
+
+def test_three_runs_at_once_reach_twenty_subscribers_each_whole(tmp_path, broker_process):
+    """The must-show: 3 runner processes (two codecs) -> broker process -> 20 subscribers + 1 per-run one."""
+    backend = broker_process.backend
+    context = zmq.Context()
+    results: dict[int, list] = {}
+    subs_ready = threading.Barrier(22)
+
+    def blocking_subscriber(n: int) -> None:
+        with Subscriber(backend, context=context) as sub:
+            subs_ready.wait()
+            results[n] = (collect_until_final(sub.recv, set(RUNS)), sub.gaps, sub.counts)
+
+    def async_subscriber(n: int) -> None:  # one of the twenty is the asyncio flavour
+        async def main():
+            async with AsyncSubscriber(backend) as sub:
+                subs_ready.wait()
+                messages, open_runs, deadline = [], set(RUNS), time.monotonic() + 90
+                while open_runs and time.monotonic() < deadline:
+                    msg = await sub.recv(timeout=0.5)
+                    if msg is not None:
+                        messages.append(msg)
+                        if msg.kind == "status" and msg.name in FINAL_STATUSES:
+                            open_runs.discard(msg.ident)
+                results[n] = (messages, sub.gaps, sub.counts)
+        asyncio.run(main())
+
+    def one_run_subscriber() -> None:
+        with Subscriber(backend, subscriptions(ident="multi-b"), context=context) as sub:
+            subs_ready.wait()
+            results["one"] = (collect_until_final(sub.recv, {"multi-b"}, timeout=90), sub.gaps, sub.counts)
+            # Anything of the other runs would be here by now: they ended before multi-b's stragglers.
+            while (msg := sub.recv(timeout=0.3)) is not None:
+                results["one"][0].append(msg)
+
+    threads = [threading.Thread(target=blocking_subscriber, args=(n,)) for n in range(1, 20)]
+    threads += [threading.Thread(target=async_subscriber, args=(0,)), threading.Thread(target=one_run_subscriber)]
+    for thread in threads:
+        thread.start()
+    subs_ready.wait()
+    settle(0.5)
+    try:
+        runs = {ident: start_run(tmp_path, ident, broker_process.frontend, codec, fail_host)
+                for ident, (codec, fail_host) in RUNS.items()}
+        for ident, (_, proc) in runs.items():
+            assert proc.wait(timeout=120) in (0, 2), proc.stderr.read()
+        for thread in threads:
+            thread.join(timeout=100)
+    finally:
+        context.destroy(linger=0)
+    assert set(results) == set(range(20)) | {"one"}
+    for n in range(20):
+        messages, gaps, counts = results[n]
+        for ident, (codec, fail_host) in RUNS.items():
+            check_run(messages, runs[ident][0], ident, codec, "successful" if fail_host == "none" else "failed")
+        assert gaps == [] and counts.invalid == 0 and counts.duplicates == 0
+    one_messages, _, _ = results["one"]
+    assert {m.ident for m in one_messages} == {"multi-b"}
+    check_run(one_messages, runs["multi-b"][0], "multi-b", "msgpack", "successful")
+
+
+class RawPublisher:
+    """A PUB socket into the broker's frontend that sends whatever frames it is given."""
+
+    def __init__(self, context: zmq.Context, endpoint: str):
+        self.sock = context.socket(zmq.PUB)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(endpoint)
+
+    def message(self, pub: str, seq: int, name: str = "runner_on_ok", codec: str = "json") -> list[bytes]:
+        header = protocol.header_prefix(codec, pub) + b"%d}" % seq
+        return [protocol.topic("event", "raw-run", name), header, protocol.ENCODERS[codec]({"seq": seq})]
+
+    def until_path_is_up(self, subs) -> None:
+        """Send probes (a publisher of their own) until every subscriber got one: slow joiners."""
+        seq, waiting = 0, list(subs)
+        while waiting:
+            seq += 1
+            assert seq < 200, "no probe got through the broker"
+            self.sock.send_multipart(self.message("0000000000000000", seq, "probe"))
+            time.sleep(0.02)
+            waiting = [s for s in waiting if not _drain(s)]
+
+
+def _drain(sub) -> bool:
+    """True if ``sub`` had something waiting; leaves nothing waiting."""
+    got = False
+    while sub.recv(timeout=0.05) is not None:
+        got = True
+    return got
+
+
+def test_gaps_and_duplicates_are_reported_with_publisher_and_seqs(broker):
+    context = zmq.Context()
+    reported = []
+    try:
+        sub = Subscriber(broker.backend_endpoints, context=context, on_gap=reported.append)
+        rogue = RawPublisher(context, broker.frontend_endpoints[0])
+        rogue.until_path_is_up([sub])
+        for pub, seq in [("aaaaaaaaaaaaaaaa", 1), ("aaaaaaaaaaaaaaaa", 2), ("bbbbbbbbbbbbbbbb", 10),
+                         ("aaaaaaaaaaaaaaaa", 5), ("aaaaaaaaaaaaaaaa", 5), ("aaaaaaaaaaaaaaaa", 4),
+                         ("bbbbbbbbbbbbbbbb", 12), ("aaaaaaaaaaaaaaaa", 6)]:
+            rogue.sock.send_multipart(rogue.message(pub, seq))
+        got = [sub.recv(timeout=5) for _ in range(6)]
+        assert [(m.publisher, m.seq) for m in got] == [
+            ("aaaaaaaaaaaaaaaa", 1), ("aaaaaaaaaaaaaaaa", 2), ("bbbbbbbbbbbbbbbb", 10),
+            ("aaaaaaaaaaaaaaaa", 5), ("bbbbbbbbbbbbbbbb", 12), ("aaaaaaaaaaaaaaaa", 6)]
+        expected = [Gap("aaaaaaaaaaaaaaaa", 3, 4), Gap("bbbbbbbbbbbbbbbb", 11, 11)]
+        assert sub.gaps == expected and reported == expected
+        assert sub.counts.missed == 3 and sub.counts.duplicates == 2
+        sub.close()
+    finally:
+        context.destroy(linger=0)
+
+
+def garbage() -> list[list[bytes]]:
+    """Everything a broken or hostile publisher might send, each not a valid protocol message."""
+    good_header = protocol.header_prefix("json", "cccccccccccccccc") + b"1}"
+    topic = protocol.topic("event", "raw-run", "runner_on_ok")
+    random = [os.urandom(n) for n in (1, 17, 300)]
+    return [
+        random,                                                       # random frames
+        [os.urandom(64)],                                             # one random frame
+        [topic],                                                      # wrong frame counts
+        [topic, good_header],
+        [topic, good_header, b"{}", b"extra"],
+        [topic, good_header, b"{not json"],                           # invalid JSON payload
+        [topic, protocol.header_prefix("msgpack", "cccccccccccccccc") + b"2}", b"\xc1\xc1\xc1"],  # invalid msgpack
+        [topic, protocol.header_prefix("msgpack", "cccccccccccccccc") + b"3}", msgpack.packb([1, 2])[:-1]],
+        [topic, b"not a header", b"{}"],                              # bad headers
+        [topic, b'{"v":2,"codec":"json","pub":"cc","seq":1}', b"{}"],
+        [topic, b'{"v":1,"codec":"json","pub":"cc","seq":0}', b"{}"],
+        [topic, b'{"v":1,"codec":"json","pub":"cc","seq":"1"}', b"{}"],
+        [topic, b'{"v":1,"codec":"json","pub":5,"seq":1}', b"{}"],
+        [topic, b'{"v":1,"codec":"yaml","pub":"cc","seq":1}', b"{}"],
+        [topic, b"[1,2,3]", b"{}"],
+        [b"event/\xff\xfe/x", good_header, b"{}"],                    # bad topics
+        [b"event-without-separators", good_header, b"{}"],
+        [b"bogus/run/name", good_header, b"{}"],
+    ]
+
+
+def test_rogue_publisher_garbage_is_skipped_and_counted_by_both_subscribers(tmp_path):
+    from zmq_emitter.broker import Broker
+
+    max_size = 4096
+    broker = Broker([f"ipc://{tmp_path}/f"], [f"ipc://{tmp_path}/b"], [f"ipc://{tmp_path}/h"],
+                    startup_grace=0, max_message_size=max_size).start()
+    context = zmq.Context()
+    invalid_seen = []
+    try:
+        assert broker.wait_forwarding(5)
+        sub = Subscriber(broker.backend_endpoints, context=context, on_invalid=lambda f, e: invalid_seen.append(e))
+        rogue = RawPublisher(context, broker.frontend_endpoints[0])
+        rogue.until_path_is_up([sub])
+        bad = garbage()
+        for frames in bad:
+            rogue.sock.send_multipart(frames)
+        rogue.sock.send_multipart(rogue.message("dddddddddddddddd", 1, "after-garbage"))
+        msg = sub.recv(timeout=5)
+        assert msg is not None and msg.name == "after-garbage"
+        assert sub.counts.invalid == len(bad) == len(invalid_seen)
+        assert all(isinstance(e, protocol.ProtocolError) for e in invalid_seen)
+
+        # An oversized message gets the rogue disconnected by the broker; it never reaches anyone.
+        rogue.sock.send_multipart([protocol.topic("event", "raw-run", "huge"), b"x", b"y" * (2 * max_size)])
+        honest = RawPublisher(context, broker.frontend_endpoints[0])
+        honest.until_path_is_up([sub])
+        honest.sock.send_multipart(honest.message("eeeeeeeeeeeeeeee", 1, "still-served"))
+        msg = sub.recv(timeout=5)
+        assert msg is not None and msg.name == "still-served"
+        assert sub.counts.invalid == len(bad)  # the oversized one was not forwarded, so not counted
+
+        # The asyncio flavour skips the same input the same way.
+        async def async_side():
+            async with AsyncSubscriber(broker.backend_endpoints) as asub:
+                for _ in range(200):
+                    honest.sock.send_multipart(honest.message("0000000000000001", 1, "probe"))
+                    if await asub.recv(timeout=0.05) is not None:
+                        break
+                while await asub.recv(timeout=0.1) is not None:
+                    pass
+                for frames in bad:
+                    honest.sock.send_multipart(frames)
+                honest.sock.send_multipart(honest.message("ffffffffffffffff", 1, "async-after"))
+                got = await asub.recv(timeout=5)
+                return got, asub.counts.invalid
+        got, invalid = asyncio.run(async_side())
+        assert got is not None and got.name == "async-after" and invalid == len(bad)
+        sub.close()
+    finally:
+        context.destroy(linger=0)
+        broker.stop()
+
+
+def _example_run(tmp_path, broker_process, argv: list[str], ident: str, codec: str = "json"):
+    """Run a subscriber example against one real run; its stdout lines decoded, and the project."""
+    example = subprocess.Popen(argv + [broker_process.backend, "--until-done"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        # The example's subscription must reach the broker before the run starts.
+        settle(1.0)
+        assert example.poll() is None, example.stderr.read()
+        project, run = start_run(tmp_path, ident, broker_process.frontend, codec, "web2")
+        assert run.wait(timeout=120) == 2, run.stderr.read()
+        out, err = example.communicate(timeout=30)
+    finally:
+        if example.poll() is None:
+            example.kill()
+            example.wait()
+    assert example.returncode == 0, err
+    return [json.loads(line) for line in out.splitlines()], project, err
+
+
+def _check_example_output(lines, project, ident):
+    mine = [line for line in lines if line["topic"].split("/")[1] == ident]
+    assert [line["topic"] for line in mine if line["topic"].startswith("status/")] == [
+        f"status/{ident}/starting", f"status/{ident}/running", f"status/{ident}/failed"]
+    assert [line["payload"] for line in mine if line["topic"].startswith("event/")] == job_events(project, ident)
+    seqs = [line["seq"] for line in mine]
+    assert seqs == sorted(seqs)
+
+
+def test_plain_pyzmq_example_receives_a_real_run(tmp_path, broker_process):
+    source = (EXAMPLES / "python" / "subscribe.py").read_text()
+    assert "zmq_emitter" not in source.split('"""', 2)[2]  # only pyzmq and json, as any client would
+    lines, project, _ = _example_run(tmp_path, broker_process, [sys.executable, str(EXAMPLES / "python" / "subscribe.py")],
+                                     "py-example")
+    _check_example_output(lines, project, "py-example")
+
+
+NODE = shutil.which("node")
+NODE_ZEROMQ = EXAMPLES / "node" / "node_modules" / "zeromq"
+
+
+@pytest.mark.skipif(not (NODE and NODE_ZEROMQ.is_dir()),
+                    reason="needs node and `npm install` in subscriber_examples/node (zeromq v6)")
+def test_node_example_receives_a_real_run(tmp_path, broker_process):
+    lines, project, _ = _example_run(tmp_path, broker_process, [NODE, str(EXAMPLES / "node" / "subscribe.mjs")],
+                                     "node-example")
+    _check_example_output(lines, project, "node-example")
