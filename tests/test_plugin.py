@@ -316,3 +316,21 @@ def test_bind_mode_lets_a_plain_sub_connect_to_the_publisher(tmp_path, fresh_plu
         context.term()
     assert [(m.topic, m.seq) for m in map(protocol.decode, frames)] == [
         (b"status/bound/starting", 1), (b"event/bound/playbook_on_start", 2)]
+
+
+def test_a_message_buffered_before_the_first_subscription_goes_out_without_another_send(broker):
+    """The background flush: nothing waits for the next event (a long task, a long-lived process)."""
+    from zmq_emitter.config import Config
+    from zmq_emitter.plugin import Publisher
+    from zmq_emitter.subscriber import Subscriber
+
+    with Subscriber(broker.backend_endpoints) as sub:
+        time.sleep(0.3)
+        publisher = Publisher(Config(url=tuple(broker.frontend_endpoints)))
+        try:
+            # Sent at once after the socket is made: the broker's subscription cannot be there yet.
+            publisher.send(b"status/lonely/running", publisher.header_prefix("json"), b'{"status":"running"}')
+            msg = sub.recv(timeout=10)
+        finally:
+            publisher.close()
+    assert msg is not None and msg.ident == "lonely" and msg.name == "running"

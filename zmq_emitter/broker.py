@@ -130,6 +130,8 @@ class Broker:
             if self.history_endpoints:
                 self._replier = ctx.socket(zmq.REP)
                 self._replier.setsockopt(zmq.LINGER, 0)
+                if self.curve is not None:  # the history holds messages: subscribers' keys only
+                    security.curve_server(self._replier, self.curve.pair, security.ServerCurve.SUBSCRIBERS)
                 self.history_endpoints = self._bind(self._replier, self.history_endpoints, "history")
         except BrokerError:
             self._close_all()
@@ -261,7 +263,7 @@ class Broker:
         while not self._stopping.is_set():
             ready = dict(poller.poll(100))
             if captured in ready:
-                for _ in range(10_000):  # a batch, then answer requests and acknowledge
+                for _ in range(500):  # a small batch, then acknowledge: publishers free their buffers sooner
                     try:
                         frames = captured.recv_multipart(zmq.NOBLOCK)
                     except zmq.Again:

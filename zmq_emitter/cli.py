@@ -112,7 +112,7 @@ def tail(
     kinds = tuple(_split(topic)) or (("event",) if event else tail_module.protocol.KINDS)
     for kind in kinds:
         if kind not in tail_module.protocol.KINDS:
-            _fail(f"--topic {kind!r}: accepted: status, event", 2)
+            _fail(f"--topic {kind!r}: accepted: {', '.join(tail_module.protocol.KINDS)}", 2)
     if fmt not in tail_module.FORMATS:
         _fail(f"--format {fmt!r}: accepted: {', '.join(tail_module.FORMATS)}", 2)
     endpoints = _split(connect)

@@ -43,6 +43,8 @@ from .config import Config, ConfigError, load
 log = logging.getLogger("zmq_emitter")
 
 _POLL_INTERVAL = 0.01  # seconds between looks at the socket's incoming subscriptions
+_MORE = zmq.NOBLOCK | zmq.SNDMORE
+_LAST = zmq.NOBLOCK
 
 
 class Publisher:
@@ -99,6 +101,11 @@ class Publisher:
             raise ConfigError(f"zmq_emitter: cannot use endpoint from runner_zmq_url/runner_zmq_bind "
                               f"{config.url + config.bind}: {exc}") from None
         self.last_endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT) if config.bind else None
+        # Buffered messages must not wait for the next event (a long task, the last run of a
+        # long-lived process): a daemon thread flushes them and reads acknowledgements while
+        # anything is buffered, and sleeps otherwise.
+        self._buffered = threading.Event()
+        threading.Thread(target=self._flush_in_background, name="zmq-emitter-flush", daemon=True).start()
         atexit.register(self.close)
 
     def header_prefix(self, codec: str) -> bytes:
@@ -120,7 +127,7 @@ class Publisher:
                 self._flush()
                 return
             try:
-                self._socket.send_multipart(entry[1], zmq.NOBLOCK)
+                self._send_frames(entry[1])
             except zmq.ZMQError:  # EAGAIN: the peer's queue is full; ETERM etc.: keep it
                 self._keep(self._unsent, entry)
                 return
@@ -157,8 +164,32 @@ class Publisher:
         while sent and sent[0][0] <= seq:
             self._buffer_bytes -= len(sent.popleft()[1][2])
 
+    def _send_frames(self, frames: tuple) -> None:
+        # Three plain sends: pyzmq's send_multipart spends more on flag handling than libzmq
+        # spends sending.  libzmq checks the high-water mark on whole messages, so a message
+        # whose first frame was accepted is accepted whole.
+        send = self._socket.send
+        send(frames[0], _MORE)
+        send(frames[1], _MORE)
+        send(frames[2], _LAST)
+
+    def _flush_in_background(self) -> None:
+        while not self._closed:
+            self._buffered.wait()
+            if self._closed:
+                return
+            with self._lock:
+                if self._closed:
+                    return
+                self._read_incoming()
+                self._flush()
+                if not self._unsent and not self._sent:
+                    self._buffered.clear()
+            time.sleep(_POLL_INTERVAL)
+
     def _keep(self, queue: collections.deque, entry: tuple) -> None:
         queue.append(entry)
+        self._buffered.set()
         self._buffer_bytes += len(entry[1][2])
         sent, unsent = self._sent, self._unsent
         while len(sent) + len(unsent) > self._max_messages or self._buffer_bytes > self._max_bytes:
@@ -176,7 +207,7 @@ class Publisher:
         unsent, sock = self._unsent, self._socket
         try:
             while unsent:
-                sock.send_multipart(unsent[0][1], zmq.NOBLOCK)
+                self._send_frames(unsent[0][1])
                 entry = unsent.popleft()
                 if self._acknowledging:
                     self._sent.append(entry)
@@ -213,6 +244,7 @@ class Publisher:
         self.flush(self._linger_ms / 1000)
         with self._lock:
             self._closed = True
+            self._buffered.set()  # lets the flush thread see it and end
             undelivered = sum(1 for seq, _ in self._unsent if seq <= published)
             unacknowledged = sum(1 for seq, _ in self._sent if seq <= published)
             remaining_ms = max(0, int(self._linger_ms - (time.monotonic() - start) * 1000))
