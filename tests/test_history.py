@@ -1,0 +1,76 @@
+"""The broker's history: bounded, honest about what it forgot, served over REQ/REP, acknowledged upstream."""
+import zmq
+
+from conftest import collect_run, job_events, run_cli, runner_env, settle
+
+from zmq_emitter import protocol
+from zmq_emitter.history import History
+from zmq_emitter.subscriber import Subscriber
+
+
+def frames(ident, seq, kind="event", name="runner_on_ok", pub="p1", size=10):
+    return [protocol.topic(kind, ident, name), protocol.header_prefix("json", pub) + b"%d}" % seq, b"x" * size]
+
+
+def record(history, *messages):
+    for message in messages:
+        history.add(protocol.envelope(message), message)
+
+
+def test_history_forgets_the_least_recently_active_run_beyond_its_run_bound():
+    history = History(max_runs=2, max_bytes=2**20)
+    record(history, frames("a", 1), frames("b", 2), frames("a", 3), frames("c", 4))
+    assert [run["ident"] for run in history.runs()] == ["a", "c"]
+
+
+def test_history_reports_what_its_byte_bound_pushed_out_as_missing():
+    history = History(max_runs=10, max_bytes=200)
+    record(history, *(frames("a", seq, size=50) for seq in range(1, 11)))
+    messages, missing = history.replay("a")
+    kept = [protocol.envelope(m).seq for m in messages]
+    assert kept == list(range(kept[0], 11)) and kept[0] > 1
+    assert missing == [["p1", 1, kept[0] - 1]]
+    fetched, fetch_missing = history.fetch("p1", 1, 10)
+    assert len(fetched) == len(kept) and fetch_missing == [["p1", 1, kept[0] - 1]]
+
+
+def test_history_keeps_a_resent_message_once_and_counts_the_duplicate():
+    history = History()
+    record(history, frames("a", 1), frames("a", 2), frames("a", 2))
+    assert len(history.replay("a")[0]) == 2
+    assert history.publishers["p1"].duplicates == 1
+
+
+def test_history_answers_a_malformed_request_with_an_error_not_an_exception():
+    history = History()
+    for request in (b"not json", b"[]", b'{"op": "explode"}', b'{"op": "fetch", "pub": "p"}'):
+        info = protocol.decode_json(history.answer(request)[0])
+        assert info["ok"] is False and info["error"]
+
+
+def test_broker_serves_a_real_runs_history_and_acknowledges_the_publisher(project, broker):
+    with Subscriber(broker.backend_endpoints) as sub:
+        settle()
+        result = run_cli(project, "hist", runner_env(RUNNER_ZMQ_URL=broker.frontend_endpoints[0]))
+        live = collect_run(sub, "hist")
+    # No "sent but never acknowledged" line: the broker acknowledged everything before exit.
+    assert "never acknowledged" not in result.stderr, result.stderr
+    context = zmq.Context.instance()
+    req = context.socket(zmq.REQ)
+    req.connect(broker.history_endpoints[0])
+    try:
+        req.send(protocol.request("runs"))
+        info, _ = protocol.parse_reply(req.recv_multipart())
+        run = next(r for r in info["runs"] if r["ident"] == "hist")
+        assert run["status"] == "failed" and run["messages"] == len(live)
+        closed = [p["closed"] for p in info["publishers"] if p["closed"]]
+        assert closed and closed[0]["published"] == len(live) and closed[0]["dropped"] == 0
+
+        req.send(protocol.request("replay", ident="hist", from_seq=1))
+        info, replayed = protocol.parse_reply(req.recv_multipart())
+    finally:
+        req.close(linger=0)
+    assert info["missing"] == []
+    decoded = [protocol.decode(m) for m in replayed]
+    assert [(m.publisher, m.seq) for m in decoded] == [(m.publisher, m.seq) for m in live]
+    assert [m.payload for m in decoded if m.kind == "event"] == job_events(project, "hist")
