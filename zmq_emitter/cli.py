@@ -11,6 +11,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+import time
 from typing import List, Optional
 
 import typer
@@ -20,7 +21,7 @@ from . import broker as broker_module
 from . import security
 from . import tail as tail_module
 from .config import check_endpoint
-from .subscriber import DEFAULT_ENDPOINT
+from .subscriber import DEFAULT_ENDPOINT, Subscriber
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="ZeroMQ event bus for ansible-runner: broker, tail and demo.")
@@ -102,6 +103,10 @@ def tail(
                                     help="Exit at the run's final status: 0 successful, 1 failed, 3 timeout, "
                                          "4 canceled, 5 error."),
     colour: Optional[bool] = typer.Option(None, "--color/--no-color", help="Colour (default: on a terminal)."),
+    replay: bool = typer.Option(False, "--replay", help="Print the broker's history first (of --ident, or of every "
+                                                        "run it knows), then go on live."),
+    history: Optional[str] = typer.Option(None, "--history", help="The broker's history endpoint, for --replay and "
+                                          f"for recovering gaps (default with --replay: {broker_module.DEFAULT_HISTORY})."),
     curve_server_key: Optional[str] = typer.Option(
         None, "--curve-server-key", help="The broker's public key (.key file or z85 text): CURVE encryption."),
     curve_secret_key_file: Optional[str] = typer.Option(
@@ -122,8 +127,13 @@ def tail(
             _fail(f"--connect {endpoint!r}: {problem}", 2)
     filters = tail_module.Filters(kinds=kinds, ident=ident, events=tuple(_split(event)), hosts=tuple(_split(host)))
     try:
+        if replay and history is None:
+            history = broker_module.DEFAULT_HISTORY
+        if history is not None and check_endpoint(history, bind=False):
+            _fail(f"--history {history!r}: {check_endpoint(history, bind=False)}", 2)
         code = tail_module.run(endpoints, filters, fmt=fmt, count=count, until_done=until_done, colour=colour,
-                               curve_server_key=curve_server_key, curve_secret_key_file=curve_secret_key_file)
+                               curve_server_key=curve_server_key, curve_secret_key_file=curve_secret_key_file,
+                               history=history, replay=replay)
     except security.SecurityError as exc:
         _fail(f"tail: {exc}", 2)
     except KeyboardInterrupt:
@@ -165,6 +175,28 @@ def _broker_security(secret_key_file: str | None, publisher_keys: str | None, su
         return security.ServerCurve.load(secret_key_file, publisher_keys, subscriber_keys), mode
     except security.SecurityError as exc:
         _fail(str(exc), 2)
+
+
+@app.command()
+def runs(
+    history: str = typer.Option(broker_module.DEFAULT_HISTORY, "--history", help="The broker's history endpoint."),
+    timeout: float = typer.Option(5.0, "--timeout", min=0.1, help="Seconds to wait for the broker's answer."),
+) -> None:
+    """List the runs a broker's history knows, with their last status."""
+    problem = check_endpoint(history, bind=False)
+    if problem:
+        _fail(f"--history {history!r}: {problem}", 2)
+    with Subscriber([], history=history, history_timeout=timeout) as sub:
+        try:
+            answer = sub.request("runs")
+        except tail_module.protocol.ProtocolError as exc:
+            _fail(f"runs: {exc}")
+    if answer is None:
+        _fail(f"runs: no answer from the history service at {history} within {timeout:g}s")
+    typer.echo(f"{'IDENT':<38}  {'STATUS':<11}  {'MESSAGES':>8}  {'RETAINED':>8}  LAST SEEN")
+    for run in answer[0]["runs"]:
+        seen = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run["last_seen"]))
+        typer.echo(f"{run['ident']:<38}  {run['status'] or '-':<11}  {run['messages']:>8}  {run['retained']:>8}  {seen}")
 
 
 @app.command()

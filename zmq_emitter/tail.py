@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import sys
+import time
 from typing import Callable, Iterable, TextIO
 
 import typer
@@ -117,7 +118,8 @@ def format_stdout(msg: Message) -> str | None:
 def run(endpoints: Iterable[str], filters: Filters, *, fmt: str = "pretty", count: int | None = None,
         until_done: bool = False, colour: bool | None = None, out: TextIO = sys.stdout,
         err: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
-        curve_server_key: str | None = None, curve_secret_key_file: str | None = None) -> int:
+        curve_server_key: str | None = None, curve_secret_key_file: str | None = None,
+        history: str | None = None, replay: bool = False) -> int:
     """Print messages until ``count`` or, with ``until_done``, the run's final status; return the exit status."""
     colour = out.isatty() if colour is None else colour
     shown = 0
@@ -134,8 +136,13 @@ def run(endpoints: Iterable[str], filters: Filters, *, fmt: str = "pretty", coun
     if until_done and "status" not in filters.kinds:  # the final status is needed even if not shown
         topics += subscriptions(["status"], filters.ident)
     sub = Subscriber(list(endpoints), topics, on_gap=on_gap, on_invalid=on_invalid,
-                     curve_server_key=curve_server_key, curve_secret_key_file=curve_secret_key_file)
+                     curve_server_key=curve_server_key, curve_secret_key_file=curve_secret_key_file,
+                     history=history)
     try:
+        if replay:
+            time.sleep(0.2)  # the live subscription travels to the broker before the snapshot is asked for
+            if sub.replay(filters.ident) == 0 and sub.request("runs") is None:
+                err(f"zmq-emitter tail: the history service at {history} did not answer; going on live only")
         for msg in sub:
             if until_done and watched is None and (filters.match(msg) or msg.kind == "status"):
                 watched = msg.ident

@@ -1,0 +1,144 @@
+"""Nothing lost, or told exactly what: replay, the seam, slow subscribers, the plugin's bound, broker restarts."""
+import json
+import subprocess
+import threading
+import time
+
+import zmq
+
+from conftest import BIN, BrokerProcess, collect_run, job_events, run_cli, runner_env, settle
+
+from zmq_emitter.broker import Broker
+from zmq_emitter.config import Config
+from zmq_emitter.plugin import Publisher
+from zmq_emitter.subscriber import Subscriber
+
+
+def test_tail_replay_prints_a_finished_run_from_the_history_then_exits_at_its_final_status(project, broker):
+    run_cli(project, "finished", runner_env(RUNNER_ZMQ_URL=broker.frontend_endpoints[0]))
+    time.sleep(0.5)  # the broker has recorded it; nobody was subscribed while it ran
+    tail = subprocess.run([str(BIN / "zmq-emitter"), "tail", "--connect", broker.backend_endpoints[0],
+                           "--history", broker.history_endpoints[0], "--replay", "--ident", "finished",
+                           "--format", "json", "--until-done"], capture_output=True, text=True, timeout=60)
+    assert tail.returncode == 1, tail.stderr  # the demo run fails on web2
+    lines = [json.loads(line) for line in tail.stdout.splitlines()]
+    assert [p["status"] for p in lines if "status" in p and "event" not in p] == ["starting", "running", "failed"]
+    assert [p for p in lines if "event" in p] == job_events(project, "finished")
+
+
+def test_a_subscriber_joining_mid_run_gets_every_message_once_across_the_seam(project, broker):
+    env = runner_env(RUNNER_ZMQ_URL=broker.frontend_endpoints[0])
+    with Subscriber(broker.backend_endpoints) as early:
+        settle()
+        run = subprocess.Popen([str(BIN / "ansible-runner"), "run", str(project), "-p", "long.yml", "--ident",
+                                "seam", "--cmdline", "-e steps=30 -e pause=0.02"], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        seen = [early.recv(timeout=30) for _ in range(40)]  # the run is well under way
+        with Subscriber(broker.backend_endpoints, history=broker.history_endpoints[0]) as late:
+            late.replay("seam")
+            messages = collect_run(late, "seam")
+        run.wait(60)
+    assert all(m is not None for m in seen)
+    seqs = [m.seq for m in messages]
+    assert seqs == list(range(1, len(seqs) + 1))  # from the start, no gap, no duplicate at the seam
+    assert [m.payload for m in messages if m.kind == "event"] == job_events(project, "seam")
+    assert late.counts.duplicates >= 0 and late.gaps == []
+
+
+def test_a_stalled_subscriber_never_slows_a_healthy_one_and_recovers_its_loss_from_the_history(tmp_path):
+    broker = Broker([f"ipc://{tmp_path}/f"], [f"ipc://{tmp_path}/b"], [f"ipc://{tmp_path}/h"],
+                    startup_grace=0, sndhwm=1000).start()  # a small per-subscriber queue: the stall shows fast
+    total, payload = 3000, b'{"pad": "%s"}' % (b"x" * 4000)  # 12 MB: far more than the stalled queues hold
+    received = []
+    try:
+        healthy = Subscriber(broker.backend_endpoints)
+        stalled = Subscriber(broker.backend_endpoints, rcvhwm=10, history=broker.history_endpoints[0])
+
+        def read_healthy():
+            while len(received) < total and (msg := healthy.recv(timeout=10)) is not None:
+                received.append(msg.seq)
+
+        reader = threading.Thread(target=read_healthy)
+        reader.start()
+        settle()
+        publisher = Publisher(Config(url=tuple(broker.frontend_endpoints)))
+        header = publisher.header_prefix("json")
+        for _ in range(total):
+            publisher.send(b"event/stall/runner_on_ok", header, payload)
+        assert publisher.flush(20)
+        reader.join(60)
+        assert received == list(range(1, total + 1))  # the healthy one lost nothing
+
+        late = []
+        while (msg := stalled.recv(timeout=2)) is not None:  # it wakes up: what its queues kept
+            late.append(msg.seq)
+        for _ in range(5):  # the stream goes on: the next message shows the gap
+            publisher.send(b"event/stall/runner_on_ok", header, b"{}")
+        assert publisher.flush(20)
+        while (msg := stalled.recv(timeout=2)) is not None:
+            late.append(msg.seq)
+        assert stalled.counts.recovered > 0  # it did fall behind and lose messages on the wire
+        assert late == list(range(1, total + 6)) and stalled.gaps == []  # all recovered, in order
+        publisher.close()
+        healthy.close()
+        stalled.close()
+    finally:
+        broker.stop()
+
+
+def test_the_plugin_counts_what_its_buffer_bound_pushed_out_and_subscribers_see_exactly_that_gap(tmp_path):
+    publisher = Publisher(Config(url=(f"ipc://{tmp_path}/f",), buffer_messages=100))
+    header = publisher.header_prefix("json")
+    for i in range(250):  # no broker yet: everything waits in the buffer, which holds 100
+        publisher.send(b"event/bound/runner_on_ok", header, b"{}")
+    assert publisher.dropped == 150
+    broker = Broker([f"ipc://{tmp_path}/f"], [f"ipc://{tmp_path}/b"], startup_grace=0).start()
+    try:
+        gaps = []
+        with Subscriber(broker.backend_endpoints, on_gap=gaps.append) as sub:
+            settle()
+            broker.wait_forwarding(5)
+            publisher.send(b"event/bound/runner_on_ok", header, b"{}")  # seq 251 follows the kept ones
+            assert publisher.flush(10)
+            seqs = []
+            while (msg := sub.recv(timeout=2)) is not None:
+                seqs.append(msg.seq)
+        assert seqs == list(range(151, 252))
+        publisher.close()
+    finally:
+        broker.stop()
+
+
+def test_a_plain_sub_stays_connected_through_a_broker_sigkill_and_restart_mid_run(project, tmp_path):
+    broker = BrokerProcess(f"ipc://{tmp_path}/f", f"ipc://{tmp_path}/b", "--startup-grace", "1")
+    context = zmq.Context()
+    sub = context.socket(zmq.SUB)  # a plain SUB, default options
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(broker.backend)
+    settle(1.5)
+    run = subprocess.Popen([str(BIN / "ansible-runner"), "run", str(project), "-p", "long.yml", "--ident", "kill",
+                            "--cmdline", "-e steps=40 -e pause=0.05"],
+                           env=runner_env(RUNNER_ZMQ_URL=broker.frontend), stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, text=True)
+    received, killed_at, deadline = [], None, time.monotonic() + 90
+    try:
+        while time.monotonic() < deadline:
+            if sub.poll(50):
+                frames = sub.recv_multipart()
+                received.append(frames)
+                if frames[0] in (b"status/kill/successful", b"status/kill/failed"):
+                    break
+            if killed_at is None and len(received) >= 60:
+                broker.kill()
+                killed_at = time.monotonic()
+            if killed_at is not None and broker.proc.poll() is not None and time.monotonic() - killed_at > 0.5:
+                broker.start()
+        run.wait(60)
+    finally:
+        broker.stop()
+        sub.close(0)
+        context.term()
+    seqs = [json.loads(f[1])["seq"] for f in received]
+    assert killed_at is not None
+    assert seqs == list(range(1, len(seqs) + 1)), f"seqs around the kill: {seqs[50:80]}; plugin: {run.stderr}"
+    assert [json.loads(f[2]) for f in received if f[0].startswith(b"event/")] == job_events(project, "kill")
