@@ -109,7 +109,9 @@ def test_the_plugin_counts_what_its_buffer_bound_pushed_out_and_subscribers_see_
         broker.stop()
 
 
-def test_a_plain_sub_stays_connected_through_a_broker_sigkill_and_restart_mid_run(project, tmp_path):
+def test_a_plain_sub_gets_every_message_in_order_through_a_broker_sigkill_and_restart_mid_run(project, tmp_path):
+    """At least once: nothing is lost; a message forwarded in the instant before the kill, before the broker
+    acknowledged it, may come again (the same bytes, the same pub and seq) — docs/reliability.md."""
     broker = BrokerProcess(f"ipc://{tmp_path}/f", f"ipc://{tmp_path}/b", "--startup-grace", "1")
     context = zmq.Context()
     sub = context.socket(zmq.SUB)  # a plain SUB, default options
@@ -133,12 +135,22 @@ def test_a_plain_sub_stays_connected_through_a_broker_sigkill_and_restart_mid_ru
                 killed_at = time.monotonic()
             if killed_at is not None and broker.proc.poll() is not None and time.monotonic() - killed_at > 0.5:
                 broker.start()
-        run.wait(60)
+        plugin_stderr = run.communicate(timeout=60)[1]
     finally:
         broker.stop()
         sub.close(0)
         context.term()
-    seqs = [json.loads(f[1])["seq"] for f in received]
     assert killed_at is not None
-    assert seqs == list(range(1, len(seqs) + 1)), f"seqs around the kill: {seqs[50:80]}; plugin: {run.stderr}"
-    assert [json.loads(f[2]) for f in received if f[0].startswith(b"event/")] == job_events(project, "kill")
+    first_copies, repeats = {}, 0
+    for frames in received:
+        seq = json.loads(frames[1])["seq"]
+        if seq in first_copies:
+            assert frames == first_copies[seq]  # a repeat is an exact copy, never a different message
+            repeats += 1
+        else:
+            first_copies[seq] = frames
+    seqs = list(first_copies)
+    assert seqs == list(range(1, len(seqs) + 1)), f"seqs around the kill: {seqs[50:80]}; plugin: {plugin_stderr}"
+    assert repeats <= 5  # only what was in flight, unacknowledged, at the kill
+    assert [json.loads(f[2]) for f in first_copies.values() if f[0].startswith(b"event/")] == job_events(project, "kill")
+    assert "lost" not in plugin_stderr
