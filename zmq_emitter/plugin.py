@@ -189,7 +189,8 @@ class Publisher:
 
     def _keep(self, queue: collections.deque, entry: tuple) -> None:
         queue.append(entry)
-        self._buffered.set()
+        if not self._buffered.is_set():  # set() takes a lock and notifies: only when it changes anything
+            self._buffered.set()
         self._buffer_bytes += len(entry[1][2])
         sent, unsent = self._sent, self._unsent
         while len(sent) + len(unsent) > self._max_messages or self._buffer_bytes > self._max_bytes:
