@@ -19,7 +19,13 @@ Design, because every playbook pays for what this module costs:
   until a subscription is there, messages wait in the plugin's own bounded buffer.
   With ``XPUB_NODROP`` a full libzmq queue makes ``send`` fail at once instead of
   dropping silently; the message then waits in that buffer too.  Nothing blocks the run.
-- What the buffer bound forces out is counted and reported in one log line at exit.
+- A broker with history acknowledges what it received (``ACK`` frames upstream); the
+  plugin then keeps sent messages until acknowledged and sends the rest again, in order,
+  when a broker comes back after a restart (docs/reliability.md: at least once).
+- A daemon thread flushes the buffer while anything is in it, so nothing waits for the
+  next event.
+- What the buffer bound forces out is counted and reported in one log line at exit, and
+  in the closing report ``publisher/<id>/closed`` that the broker records.
 - At interpreter exit the buffer is flushed and the socket lingers up to
   ``runner_zmq_linger`` ms, so the final status of ``ansible-runner run`` arrives.
 """
