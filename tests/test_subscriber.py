@@ -43,7 +43,7 @@ def start_run(tmp_path: Path, ident: str, endpoint: str, codec: str, fail_host: 
     return project, proc
 
 
-def collect_until_final(recv, idents: set[str], timeout: float = 90.0) -> list[protocol.Message]:
+def collect_until_final(recv, idents: set[str], timeout: float = 240.0) -> list[protocol.Message]:
     """Messages from ``recv(timeout)`` until each run in ``idents`` has sent its final status."""
     messages, open_runs, deadline = [], set(idents), time.monotonic() + timeout
     while open_runs and time.monotonic() < deadline:
@@ -79,7 +79,7 @@ def test_three_runs_at_once_reach_twenty_subscribers_each_whole(tmp_path, broker
         async def main():
             async with AsyncSubscriber(backend) as sub:
                 subs_ready.wait()
-                messages, open_runs, deadline = [], set(RUNS), time.monotonic() + 90
+                messages, open_runs, deadline = [], set(RUNS), time.monotonic() + 240
                 while open_runs and time.monotonic() < deadline:
                     msg = await sub.recv(timeout=0.5)
                     if msg is not None:
@@ -92,7 +92,7 @@ def test_three_runs_at_once_reach_twenty_subscribers_each_whole(tmp_path, broker
     def one_run_subscriber() -> None:
         with Subscriber(backend, subscriptions(ident="multi-b"), context=context) as sub:
             subs_ready.wait()
-            results["one"] = (collect_until_final(sub.recv, {"multi-b"}, timeout=90), sub.gaps, sub.counts)
+            results["one"] = (collect_until_final(sub.recv, {"multi-b"}), sub.gaps, sub.counts)
             # Anything of the other runs would be here by now: they ended before multi-b's stragglers.
             while (msg := sub.recv(timeout=0.3)) is not None:
                 results["one"][0].append(msg)
@@ -108,11 +108,12 @@ def test_three_runs_at_once_reach_twenty_subscribers_each_whole(tmp_path, broker
                 for ident, (codec, fail_host) in RUNS.items()}
         for ident, (_, proc) in runs.items():
             assert proc.wait(timeout=120) in (0, 2), proc.stderr.read()
+        deadline = time.monotonic() + 260  # generous: a busy machine can make these runs slow
         for thread in threads:
-            thread.join(timeout=100)
+            thread.join(timeout=max(1, deadline - time.monotonic()))
     finally:
         context.destroy(linger=0)
-    assert set(results) == set(range(20)) | {"one"}
+    assert set(results) == set(range(20)) | {"one"}, f"subscribers still waiting: {set(range(20)) - set(results)}"
     for n in range(20):
         messages, gaps, counts = results[n]
         for ident, (codec, fail_host) in RUNS.items():
