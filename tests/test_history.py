@@ -74,3 +74,26 @@ def test_broker_serves_a_real_runs_history_and_acknowledges_the_publisher(projec
     decoded = [protocol.decode(m) for m in replayed]
     assert [(m.publisher, m.seq) for m in decoded] == [(m.publisher, m.seq) for m in live]
     assert [m.payload for m in decoded if m.kind == "event"] == job_events(project, "hist")
+
+
+def test_zmq_emitter_runs_lists_the_runs_the_broker_knows_with_their_last_status(project, broker):
+    import subprocess
+    from conftest import BIN
+
+    run_cli(project, "listed", runner_env(RUNNER_ZMQ_URL=broker.frontend_endpoints[0]), fail_host="none")
+    listing = subprocess.run([str(BIN / "zmq-emitter"), "runs", "--history", broker.history_endpoints[0]],
+                             capture_output=True, text=True, timeout=30)
+    assert listing.returncode == 0, listing.stderr
+    row = next(line for line in listing.stdout.splitlines() if line.startswith("listed "))
+    assert row.split()[1] == "successful"
+
+
+def test_zmq_emitter_runs_says_when_no_history_service_answers(tmp_path):
+    import subprocess
+    from conftest import BIN
+
+    result = subprocess.run([str(BIN / "zmq-emitter"), "runs", "--history", f"ipc://{tmp_path}/nobody",
+                             "--timeout", "0.5"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith("zmq-emitter: runs: no answer from the history service")
+    assert "Traceback" not in result.stderr
