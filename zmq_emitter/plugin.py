@@ -291,16 +291,15 @@ class _Route:
 
     __slots__ = ("runner_config", "publisher", "encode", "header_prefix", "scrub")
 
-    def __init__(self, runner_config: Any, publisher: Publisher | None, codec: str, config: Config | None = None):
+    def __init__(self, runner_config: Any, publisher: Publisher | None, config: Config):
         self.runner_config = runner_config  # kept to tell a reused id() from the same object
-        config = config or Config()
         pattern = security.secret_name_pattern(config.redact_names)
         # Only the `starting` status carries the env; it gets a redacted copy (security.py).
         self.scrub = lambda data: security.redact_status(data, redact=config.redact, send_env=config.send_env,
                                                          pattern=pattern)
         self.publisher = publisher
-        self.encode = protocol.ENCODERS[codec]
-        self.header_prefix = publisher.header_prefix(codec) if publisher else b""
+        self.encode = protocol.ENCODERS[config.codec]
+        self.header_prefix = publisher.header_prefix(config.codec) if publisher else b""
 
 
 _routes: dict[int, _Route] = {}        # id(runner_config) -> _Route
@@ -319,7 +318,7 @@ def _resolve(runner_config: Any) -> _Route:
                 publisher = _publishers[config.transport()] = Publisher(config)
         if len(_routes) > 256:  # runner configs come and go in long-lived processes
             _routes.clear()
-        route = _routes[id(runner_config)] = _Route(runner_config, publisher, config.codec, config)
+        route = _routes[id(runner_config)] = _Route(runner_config, publisher, config)
         return route
 
 

@@ -183,7 +183,21 @@ def _covers_everything(topics: list[bytes | str]) -> bool:
     return b"" in prefixes or {b"status", b"event"} <= prefixes or {b"status/", b"event/"} <= prefixes
 
 
-class Subscriber:
+class _TrackedSocket:
+    """What both subscriber flavours share: a Tracker's counts and gaps."""
+
+    tracker: Tracker
+
+    @property
+    def counts(self) -> Counts:
+        return self.tracker.counts
+
+    @property
+    def gaps(self) -> list[Gap]:
+        return self.tracker.gaps
+
+
+class Subscriber(_TrackedSocket):
     """A SUB socket on one or more endpoints, yielding decoded ``Message`` objects.
 
     ``topics`` are prefixes (see ``subscriptions()``); ``""`` is everything.
@@ -207,14 +221,6 @@ class Subscriber:
         self._requester: zmq.Socket | None = None
         self.tracker = Tracker(track_gaps=_covers_everything(topics), on_gap=on_gap, on_invalid=on_invalid,
                                recover=self._fetch if history else None)
-
-    @property
-    def counts(self) -> Counts:
-        return self.tracker.counts
-
-    @property
-    def gaps(self) -> list[Gap]:
-        return self.tracker.gaps
 
     # -- the broker's history (the ZeroMQ guide's Clone pattern: subscribe first, then snapshot) --
 
@@ -297,7 +303,7 @@ class Subscriber:
         self.close()
 
 
-class AsyncSubscriber:
+class AsyncSubscriber(_TrackedSocket):
     """The asyncio twin of ``Subscriber``: ``await sub.recv()`` and ``async for msg in sub``."""
 
     def __init__(self, endpoints: str | Iterable[str] = DEFAULT_ENDPOINT, topics: Iterable[bytes | str] = ("",), *,
@@ -311,14 +317,6 @@ class AsyncSubscriber:
         self.context = context or zmq.asyncio.Context()
         self.socket = _socket(self.context, endpoints, topics, rcvhwm, curve)
         self.tracker = Tracker(track_gaps=_covers_everything(topics), on_gap=on_gap, on_invalid=on_invalid)
-
-    @property
-    def counts(self) -> Counts:
-        return self.tracker.counts
-
-    @property
-    def gaps(self) -> list[Gap]:
-        return self.tracker.gaps
 
     async def recv(self, timeout: float | None = None) -> Message | None:
         poll_ms = None if timeout is None else max(0, int(timeout * 1000))
