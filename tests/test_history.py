@@ -97,3 +97,52 @@ def test_zmq_emitter_runs_says_when_no_history_service_answers(tmp_path):
     assert result.returncode == 1
     assert result.stderr.strip().startswith("zmq-emitter: runs: no answer from the history service")
     assert "Traceback" not in result.stderr
+
+
+def test_a_history_on_disk_comes_back_whole_in_a_new_history(tmp_path):
+    first = History(max_runs=10, max_bytes=2**20)
+    first.persist_to(tmp_path / "journal")
+    record(first, *(frames("a", seq) for seq in range(1, 6)), frames("b", 6, kind="status", name="failed"),
+           frames("", 7, kind="publisher", name="closed"))
+    first.sync()  # what the broker does before acknowledging: no close, as after a SIGKILL
+
+    again = History(max_runs=10, max_bytes=2**20)
+    assert again.persist_to(tmp_path / "journal") == 7
+    assert [(run["ident"], run["status"]) for run in again.runs()] == [("a", None), ("b", "failed")]
+    assert again.replay("a") == first.replay("a")
+    assert again.fetch("p1", 1, 7) == first.fetch("p1", 1, 7) and again.fetch("p1", 1, 7)[1] == []
+    assert again.acks() == {"p1": 7}
+    record(again, frames("a", 7))  # a publisher sending again what was recorded before the restart
+    assert again.publishers["p1"].duplicates == 1
+
+
+def test_a_record_cut_short_by_a_kill_is_dropped_and_the_journal_goes_on_after_it(tmp_path):
+    first = History()
+    first.persist_to(tmp_path)
+    record(first, frames("a", 1), frames("a", 2))
+    first.sync()
+    (segment,) = tmp_path.glob("segment-*.log")
+    segment.write_bytes(segment.read_bytes()[:-3])  # the broker died in the middle of writing seq 2
+
+    again = History()
+    assert again.persist_to(tmp_path) == 1
+    record(again, frames("a", 2), frames("a", 3))
+    again.sync()
+    third = History()
+    assert third.persist_to(tmp_path) == 3
+    assert [protocol.envelope(m).seq for m in third.replay("a")[0]] == [1, 2, 3]
+
+
+def test_the_journal_on_disk_stays_within_its_byte_bound(tmp_path):
+    history = History(max_bytes=2**20)
+    history.persist_to(tmp_path)
+    record(history, *(frames("a", seq, size=10_000) for seq in range(1, 1001)))  # 10 MB through a 1 MiB history
+    history.sync()
+    on_disk = sum(f.stat().st_size for f in tmp_path.glob("segment-*.log"))
+    assert on_disk <= 2**20 + history.journal.segment_bytes + 10_100
+    assert {oct(f.stat().st_mode & 0o777) for f in tmp_path.glob("segment-*.log")} == {"0o600"}
+    again = History(max_bytes=2**20)
+    again.persist_to(tmp_path)
+    messages, missing = again.replay("a")
+    assert missing == [["p1", 1, protocol.envelope(messages[0]).seq - 1]]  # what the bound dropped is reported
+    assert protocol.envelope(messages[-1]).seq == 1000

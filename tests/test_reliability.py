@@ -156,3 +156,21 @@ def test_a_plain_sub_gets_every_message_in_order_through_a_broker_sigkill_and_re
     assert repeats <= 5  # only what was in flight, unacknowledged, at the kill
     assert [json.loads(f[2]) for f in first_copies.values() if f[0].startswith(b"event/")] == job_events(project, "kill")
     assert "lost" not in plugin_stderr
+
+
+def test_a_broker_with_a_history_dir_replays_a_run_recorded_before_it_was_sigkilled(project, tmp_path):
+    broker = BrokerProcess(f"ipc://{tmp_path}/f", f"ipc://{tmp_path}/b", "--startup-grace", "0",
+                           "--history-dir", str(tmp_path / "journal"))
+    try:
+        run_cli(project, "durable", runner_env(RUNNER_ZMQ_URL=broker.frontend))  # every message acknowledged
+        broker.kill()
+        broker.start()
+        tail = subprocess.run([str(BIN / "zmq-emitter"), "tail", "--connect", broker.backend, "--history",
+                               broker.history, "--replay", "--ident", "durable", "--format", "json",
+                               "--until-done"], capture_output=True, text=True, timeout=60)
+    finally:
+        broker.stop()
+    assert tail.returncode == 1, tail.stderr  # the demo run fails on web2
+    lines = [json.loads(line) for line in tail.stdout.splitlines()]
+    assert [p["status"] for p in lines if "status" in p and "event" not in p] == ["starting", "running", "failed"]
+    assert [p for p in lines if "event" in p] == job_events(project, "durable")

@@ -86,7 +86,8 @@ class Broker:
     def __init__(self, frontend: Iterable[str] = (DEFAULT_FRONTEND,), backend: Iterable[str] = (DEFAULT_BACKEND,),
                  history: Iterable[str] = (), *, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
                  startup_grace: float = 1.0, sndhwm: int = 100_000, rcvhwm: int = 100_000,
-                 history_runs: int = 100, history_bytes: int = 64 * 2**20, capture_hwm: int = 100_000,
+                 history_runs: int = 100, history_bytes: int = 64 * 2**20, history_dir: str | None = None,
+                 capture_hwm: int = 100_000,
                  curve: security.ServerCurve | None = None, ipc_mode: int | None = security.DEFAULT_IPC_MODE):
         self.curve = curve          # CURVE on both sides, clients checked by ZAP (security.py)
         self.ipc_mode = ipc_mode    # permissions of bound ipc:// socket files; None leaves the umask's
@@ -95,6 +96,8 @@ class Broker:
         self.backend_endpoints = list(backend)
         self.history_endpoints = list(history)  # the history service (REP); none: no history, no acks
         self.history = History(history_runs, history_bytes)
+        self.history_dir = history_dir  # the history on disk too: a restarted broker starts with it
+        self.history_loaded = 0         # messages loaded from history_dir at start
         self._capture_hwm = capture_hwm
         self.max_message_size = max_message_size
         self.startup_grace = startup_grace
@@ -112,6 +115,11 @@ class Broker:
     # -- lifecycle ----------------------------------------------------------------------
 
     def start(self) -> "Broker":
+        if self.history_dir is not None and self.history_endpoints:
+            try:
+                self.history_loaded = self.history.persist_to(self.history_dir)
+            except OSError as exc:
+                raise BrokerError(f"cannot use history directory {self.history_dir!r}: {exc}") from None
         ctx = self._context
         frontend, backend = ctx.socket(zmq.XSUB), ctx.socket(zmq.XPUB)
         # A hostile or broken publisher sending an oversized message is disconnected by libzmq.
@@ -260,28 +268,40 @@ class Broker:
         poller.register(captured, zmq.POLLIN)
         poller.register(replier, zmq.POLLIN)
         updated: dict[str, int] = {}
+
+        def record(batch: int | None) -> None:
+            """Record captured copies: ``batch`` of them at most, or all there are (None)."""
+            count = 0
+            while batch is None or count < batch:
+                try:
+                    frames = captured.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    return
+                count += 1
+                if len(frames) != 3:
+                    continue  # subscriptions and acknowledgements travel through the proxy too
+                try:
+                    env = protocol.envelope(frames)
+                except protocol.ProtocolError:
+                    continue
+                history.add(env, frames)
+                updated[env.publisher] = history.publishers[env.publisher].last_seq
+
         while not self._stopping.is_set():
             ready = dict(poller.poll(100))
             if captured in ready:
-                for _ in range(500):  # a small batch, then acknowledge: publishers free their buffers sooner
-                    try:
-                        frames = captured.recv_multipart(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    if len(frames) != 3:
-                        continue  # subscriptions and acknowledgements travel through the proxy too
-                    try:
-                        env = protocol.envelope(frames)
-                    except protocol.ProtocolError:
-                        continue
-                    history.add(env, frames)
-                    updated[env.publisher] = history.publishers[env.publisher].last_seq
+                record(500)  # a small batch, then acknowledge: publishers free their buffers sooner
             if replier in ready:
+                # Everything forwarded before the request came is recorded first: a subscriber
+                # fetching a gap it has just seen finds messages the proxy forwarded before it.
+                record(None)
                 request = replier.recv_multipart()
                 replier.send_multipart(history.answer(request[0]), copy=False)
             if updated:
+                history.sync()  # acknowledged means recorded, on disk too with a history directory
                 acker.send(protocol.ack_frame(updated))
                 updated = {}
+        history.close()
 
     def _read_proxy_counters(self) -> None:
         self._control.send(b"STATISTICS")

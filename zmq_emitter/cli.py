@@ -48,6 +48,9 @@ def broker(
                                            "acknowledgements); 'none' turns history off."),
     history_runs: int = typer.Option(100, "--history-runs", min=1, help="Runs the history keeps."),
     history_bytes: int = typer.Option(64 * 2**20, "--history-bytes", min=0, help="Bytes of messages the history keeps."),
+    history_dir: Optional[str] = typer.Option(None, "--history-dir",
+                                              help="Keep the history on disk in this directory too: a restarted "
+                                                   "broker (even after SIGKILL) starts with it."),
     stats_interval: Optional[float] = typer.Option(None, "--stats-interval", min=0.1,
                                                    help="Print traffic statistics every this many seconds."),
     max_message_size: int = typer.Option(broker_module.DEFAULT_MAX_MESSAGE_SIZE, "--max-message-size", min=1,
@@ -66,8 +69,10 @@ def broker(
     """Run a broker in the foreground until SIGINT or SIGTERM."""
     curve, mode = _broker_security(curve_secret_key_file, publisher_keys, subscriber_keys, ipc_mode)
     history_endpoints = [] if _split(history) == ["none"] else _split(history)
+    if history_dir is not None and not history_endpoints:
+        _fail("--history-dir needs the history service: drop --history none", 2)
     instance = broker_module.Broker(_split(frontend), _split(backend), history_endpoints,
-                                    history_runs=history_runs, history_bytes=history_bytes,
+                                    history_runs=history_runs, history_bytes=history_bytes, history_dir=history_dir,
                                     max_message_size=max_message_size,
                                     startup_grace=startup_grace, curve=curve, ipc_mode=mode)
     try:
@@ -79,7 +84,9 @@ def broker(
         signal.signal(signum, lambda *_: stop.set())
     typer.echo(f"zmq-emitter broker: runners publish to {', '.join(instance.frontend_endpoints)}; "
                f"subscribers connect to {', '.join(instance.backend_endpoints)}; "
-               f"history at {', '.join(instance.history_endpoints) or 'none'}", err=True)
+               f"history at {', '.join(instance.history_endpoints) or 'none'}"
+               + (f", on disk in {history_dir} ({instance.history_loaded} messages loaded)"
+                  if history_dir and instance.history_endpoints else ""), err=True)
     if curve is not None:
         typer.echo(f"zmq-emitter broker: CURVE on, public key {curve.pair.public.decode()}; publishers: "
                    f"{curve.publisher_keys or 'any key'}; subscribers: {curve.subscriber_keys or 'any key'}", err=True)

@@ -263,6 +263,9 @@ def parse_ack(frame: bytes) -> dict[str, int]:
 #   {"op": "runs"}                                  -> {"ok": true, "runs": [...]}
 #   {"op": "replay", "ident": ID, "from_seq": N}    -> {"ok": true, "count": n, "missing": [[a, b], ...]} + frames
 #   {"op": "fetch", "pub": P, "first": A, "last": B} -> same shape, publisher P's messages A..B
+#                                                      (at most MAX_FETCH sequence numbers from A on)
+
+MAX_FETCH = 100_000
 
 
 def request(op: str, **fields: Any) -> bytes:
