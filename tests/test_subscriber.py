@@ -26,7 +26,7 @@ from conftest import BIN, FINAL_STATUSES, job_events, runner_env, settle
 
 from zmq_emitter import protocol
 from zmq_emitter.demo import PROJECT
-from zmq_emitter.subscriber import AsyncSubscriber, Gap, Subscriber, subscriptions
+from zmq_emitter.subscriber import AsyncSubscriber, Gap, Subscriber, Tracker, subscriptions
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "subscriber_examples"
 RUNS = {"multi-a": ("json", "web2"), "multi-b": ("msgpack", "none"), "multi-c": ("json", "db1")}
@@ -304,3 +304,19 @@ def test_node_example_receives_a_real_run(tmp_path, broker_process):
     lines, project, _ = _example_run(tmp_path, broker_process, [NODE, str(EXAMPLES / "node" / "subscribe.mjs")],
                                      "node-example")
     _check_example_output(lines, project, "node-example")
+
+
+def test_positions_count_only_what_was_handed_out_not_what_waits_in_the_queue():
+    tracker = Tracker(recovers=True)
+    header = protocol.header_prefix("json", "aaaaaaaaaaaaaaaa")
+    message = lambda seq: [b"event/r/runner_on_ok", header + b"%d}" % seq, b"{}"]  # noqa: E731
+    assert tracker.accept(message(1)).seq == 1
+    gap = tracker.accept(message(5))  # 2..4 to recover first
+    assert gap == Gap("aaaaaaaaaaaaaaaa", 2, 4)
+    tracker.fill(gap, [message(2), message(3)])  # the history no longer had 4
+    assert [m.seq for m in tracker.ready] == [2, 3, 5] and tracker.gaps == [Gap("aaaaaaaaaaaaaaaa", 4, 4)]
+    assert tracker.positions() == {"aaaaaaaaaaaaaaaa": 1}
+    tracker.ready.popleft()
+    assert tracker.positions() == {"aaaaaaaaaaaaaaaa": 2}
+    tracker.ready.clear()
+    assert tracker.positions() == {"aaaaaaaaaaaaaaaa": 5}

@@ -19,8 +19,10 @@ From Python, in a thread of one's own process::
 Start-up grace: a broker that restarts while runners and subscribers are still
 connected gets the runners' queued messages at once, before the subscribers have
 reconnected, and a PUB socket drops what no subscriber is there to take.  So the
-proxy starts forwarding only ``startup_grace`` seconds after the backend is bound;
-until then runners' messages wait in their own queues.
+frontend subscribes, and the proxy starts forwarding, only ``startup_grace`` seconds
+after the backend is bound; until then runners' messages wait in their own buffers.
+With a history on disk (``history_dir``), the broker first acknowledges to the runners
+what it had recorded before the restart, so that they do not send it again.
 """
 from __future__ import annotations
 
@@ -98,6 +100,7 @@ class Broker:
         self.history = History(history_runs, history_bytes)
         self.history_dir = history_dir  # the history on disk too: a restarted broker starts with it
         self.history_loaded = 0         # messages loaded from history_dir at start
+        self._loaded_acks: dict[str, int] = {}
         self._capture_hwm = capture_hwm
         self.max_message_size = max_message_size
         self.startup_grace = startup_grace
@@ -118,6 +121,7 @@ class Broker:
         if self.history_dir is not None and self.history_endpoints:
             try:
                 self.history_loaded = self.history.persist_to(self.history_dir)
+                self._loaded_acks = self.history.acks()
             except OSError as exc:
                 raise BrokerError(f"cannot use history directory {self.history_dir!r}: {exc}") from None
         ctx = self._context
@@ -144,7 +148,6 @@ class Broker:
         except BrokerError:
             self._close_all()
             raise
-        frontend.send(b"\x01")  # subscribe to everything: runners send whether or not anyone listens
 
         control = ctx.socket(zmq.PAIR)
         control.bind(f"inproc://control-{self._name}")
@@ -234,14 +237,28 @@ class Broker:
     # -- threads ------------------------------------------------------------------------
 
     def _run_proxy(self) -> None:
+        # Runners send nothing before the frontend subscribes: until then what they publish
+        # waits in their own bounded buffers.  A history loaded from disk is acknowledged to
+        # them first, so that they do not send again what this broker already has.
+        loaded = protocol.ack_frame(self._loaded_acks) if self._loaded_acks else None
         deadline = time.monotonic() + self.startup_grace
-        while not self._stopping.is_set() and time.monotonic() < deadline:
-            # Polling lets the backend take in reconnecting subscribers and their subscriptions.
-            self._backend.poll(min(50, max(1, int((deadline - time.monotonic()) * 1000))))
+        while time.monotonic() < deadline:
+            if loaded:
+                # To every runner connected by now.  Only a few times a second: an upstream
+                # frame a runner has not read yet takes room in its queue, and a full queue
+                # would drop the subscription sent after the grace.
+                self._frontend.send(loaded)
+            # Let the backend take in reconnecting subscribers (sockets act on socket calls).
+            self._backend.getsockopt(zmq.EVENTS)
+            if self._stopping.wait(min(0.25, max(0.0, deadline - time.monotonic()))):
+                break
         with self._state_lock:
             if self._stopping.is_set():
                 return
             self._forwarding.set()
+        if loaded:
+            self._frontend.send(loaded)
+        self._frontend.send(b"\x01")  # subscribe to everything: runners send whether or not anyone listens
         try:
             zmq.proxy_steerable(self._frontend, self._backend, self._capture, self._control_proxy_side)
         except zmq.ContextTerminated:

@@ -166,9 +166,11 @@ class Publisher:
             pass
 
     def _acknowledge(self, seq: int) -> None:
-        sent = self._sent
+        sent, unsent = self._sent, self._unsent
         while sent and sent[0][0] <= seq:
             self._buffer_bytes -= len(sent.popleft()[1][2])
+        while unsent and unsent[0][0] <= seq:  # queued again for a broker that has them (its history on disk)
+            self._buffer_bytes -= len(unsent.popleft()[1][2])
 
     def _send_frames(self, frames: tuple) -> None:
         # Three plain sends: pyzmq's send_multipart spends more on flag handling than libzmq

@@ -191,6 +191,13 @@ class Tracker:
             self.lost(Gap(publisher, first, last))
         return queued
 
+    def positions(self) -> dict[str, int]:
+        """``last_seq`` less what is still queued in ``ready`` (seen, not yet handed out)."""
+        positions = dict(self.last_seq)
+        for msg in reversed(self.ready):  # oldest last: it decides
+            positions[msg.publisher] = msg.seq - 1
+        return positions
+
     def lost(self, gap: Gap) -> None:
         """Record and report messages that are gone for good."""
         self.gaps.append(gap)
@@ -265,8 +272,9 @@ class _SubscriberBase:
 
     @property
     def positions(self) -> dict[str, int]:
-        """The last ``seq`` seen of each publisher: save it to ``resume`` from it in another process."""
-        return dict(self.tracker.last_seq)
+        """Each publisher's last ``seq`` handed to the caller (or reported lost): save it with what you
+        stored, to ``resume`` from it, e.g. in a process that restarted."""
+        return self.tracker.positions()
 
     def disconnect(self) -> None:
         """Drop the connections (closes the SUB socket); the positions stay, for ``reconnect``."""
