@@ -262,3 +262,28 @@ def test_a_broker_restarted_on_its_history_dir_acknowledges_what_it_recorded_bef
     finally:
         broker.stop()
         context.destroy(linger=0)
+
+
+def test_async_subscriber_replays_a_finished_run_and_catches_up_after_reconnecting(broker):
+    publisher = Publisher(Config(url=tuple(broker.frontend_endpoints), linger=10_000))
+    header = publisher.header_prefix("json")
+    for _ in range(30):  # nobody subscribed yet: only the history has these
+        publisher.send(b"event/async/runner_on_ok", header, b"{}")
+    assert publisher.flush(10)  # acknowledged, so recorded
+
+    async def scenario():
+        async with AsyncSubscriber(broker.backend_endpoints, history=broker.history_endpoints[0]) as sub:
+            assert await sub.replay("async") == 30
+            seqs = [(await sub.recv(timeout=5)).seq for _ in range(30)]
+            sub.disconnect()
+            for _ in range(20):  # while it is away
+                publisher.send(b"event/async/runner_on_ok", header, b"{}")
+            assert publisher.flush(10)
+            assert await sub.reconnect() == 20
+            while (msg := await sub.recv(timeout=1)) is not None:
+                seqs.append(msg.seq)
+            return seqs, sub.gaps
+
+    seqs, gaps = asyncio.run(scenario())
+    assert seqs == list(range(1, 51)) and gaps == []
+    publisher.close()
