@@ -278,3 +278,20 @@ def test_frontend_subscribes_to_everything_and_forwards_subscriptions_upstream(t
     finally:
         context.destroy(linger=0)
         stop(proc)
+
+
+@pytest.mark.parametrize("history, says, status", [
+    ("ipc", "cannot use history directory", 1),  # the directory is a regular file
+    ("none", "--history-dir needs the history service", 2),
+])
+def test_history_dir_errors_give_one_line_and_a_non_zero_exit(tmp_path, history, says, status):
+    not_a_directory = tmp_path / "file"
+    not_a_directory.write_text("")
+    result = subprocess.run([str(BIN / "zmq-emitter"), "broker", "--frontend", f"ipc://{tmp_path}/f",
+                             "--backend", f"ipc://{tmp_path}/b",
+                             "--history", f"ipc://{tmp_path}/h" if history == "ipc" else "none",
+                             "--history-dir", str(not_a_directory)], capture_output=True, text=True, timeout=30)
+    assert result.returncode == status
+    assert "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert says in line and ("--history" in line)

@@ -123,7 +123,7 @@ class Broker:
                 self.history_loaded = self.history.persist_to(self.history_dir)
                 self._loaded_acks = self.history.acks()
             except OSError as exc:
-                raise BrokerError(f"cannot use history directory {self.history_dir!r}: {exc}") from None
+                raise BrokerError(f"cannot use history directory {self.history_dir!r} (--history-dir): {exc}") from None
         ctx = self._context
         frontend, backend = ctx.socket(zmq.XSUB), ctx.socket(zmq.XPUB)
         # A hostile or broken publisher sending an oversized message is disconnected by libzmq.
