@@ -76,6 +76,22 @@ def collect_run(sub: Subscriber, ident: str, timeout: float = 30.0) -> list:
     raise AssertionError(f"run {ident}: no final status within {timeout}s; got {[m.name for m in messages]}")
 
 
+def wait_recorded(history: str, publisher: str, seq: int, timeout: float = 30.0) -> None:
+    """Until the broker's history (endpoint ``history``) has recorded ``publisher`` up to ``seq``.
+
+    A publisher's flush waits for acknowledgements only once it has seen one: the first
+    messages of a process may be flushed before the broker recorded them.
+    """
+    deadline = time.monotonic() + timeout
+    with Subscriber([], history=history) as asker:
+        while time.monotonic() < deadline:
+            answer = asker.request("runs")
+            if answer and any(p["publisher"] == publisher and p["last_seq"] >= seq for p in answer[0]["publishers"]):
+                return
+            time.sleep(0.05)
+    raise AssertionError(f"the history did not record {publisher} up to seq {seq} within {timeout}s")
+
+
 def settle(seconds: float = 0.3) -> None:
     """Give a fresh SUB time to connect and its subscription time to reach the broker.
 

@@ -8,7 +8,7 @@ import time
 import pytest
 import zmq
 
-from conftest import BIN, BrokerProcess, collect_run, job_events, run_cli, runner_env, settle
+from conftest import BIN, BrokerProcess, collect_run, job_events, run_cli, runner_env, settle, wait_recorded
 
 from zmq_emitter import protocol
 from zmq_emitter.broker import Broker
@@ -120,7 +120,8 @@ def test_a_consumer_that_restarts_resumes_from_its_saved_positions_with_nothing_
 
     for _ in range(50):  # while no consumer runs
         publisher.send(b"event/resume/runner_on_ok", header, b"{}")
-    publisher.close()  # ends with its closing report, seq 151, and waits until the broker acknowledged it all
+    publisher.close()  # ends with its closing report, seq 151
+    wait_recorded(broker.history_endpoints[0], publisher.id, 151)
     with Subscriber(broker.backend_endpoints, history=broker.history_endpoints[0]) as second:
         assert second.resume(positions) == 51
         rest = []
@@ -238,11 +239,7 @@ def test_a_broker_restarted_on_its_history_dir_acknowledges_what_it_recorded_bef
         header = protocol.header_prefix("json", "aaaaaaaaaaaaaaaa")
         for seq in range(1, 51):
             runner.send_multipart([b"event/r/runner_on_ok", header + b"%d}" % seq, b"{}"])
-        with Subscriber([], history=broker.history) as asker:
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and not any(
-                    p["last_seq"] == 50 for p in (asker.request("runs") or [{"publishers": []}])[0]["publishers"]):
-                time.sleep(0.1)
+        wait_recorded(broker.history, "aaaaaaaaaaaaaaaa", 50)
         subscriber = context.socket(zmq.SUB)  # waiting through the grace with its subscription unread
         subscriber.setsockopt(zmq.SUBSCRIBE, b"")
         subscriber.connect(broker.backend)
@@ -269,7 +266,7 @@ def test_async_subscriber_replays_a_finished_run_and_catches_up_after_reconnecti
     header = publisher.header_prefix("json")
     for _ in range(30):  # nobody subscribed yet: only the history has these
         publisher.send(b"event/async/runner_on_ok", header, b"{}")
-    assert publisher.flush(10)  # acknowledged, so recorded
+    wait_recorded(broker.history_endpoints[0], publisher.id, 30)
 
     async def scenario():
         async with AsyncSubscriber(broker.backend_endpoints, history=broker.history_endpoints[0]) as sub:
@@ -278,7 +275,7 @@ def test_async_subscriber_replays_a_finished_run_and_catches_up_after_reconnecti
             sub.disconnect()
             for _ in range(20):  # while it is away
                 publisher.send(b"event/async/runner_on_ok", header, b"{}")
-            assert publisher.flush(10)
+            wait_recorded(broker.history_endpoints[0], publisher.id, 50)
             assert await sub.reconnect() == 20
             while (msg := await sub.recv(timeout=1)) is not None:
                 seqs.append(msg.seq)
