@@ -6,6 +6,7 @@ with the one attribute the plugin reads (``settings``), as ansible-runner hands 
 from __future__ import annotations
 
 import copy
+import json
 import datetime
 import subprocess
 import sys
@@ -334,3 +335,48 @@ def test_a_message_buffered_before_the_first_subscription_goes_out_without_anoth
         finally:
             publisher.close()
     assert msg is not None and msg.ident == "lonely" and msg.name == "running"
+
+
+def test_an_acknowledgement_arriving_with_a_new_brokers_subscription_stops_the_resend_it_covers(tmp_path):
+    """A broker restarted on its history directory acknowledges what it has; when that comes in the same read as
+    its subscription, the messages already queued to be sent again are dropped, not sent twice."""
+    from zmq_emitter.config import Config
+    endpoint = f"ipc://{tmp_path}/f"
+    context = zmq.Context()
+    publisher = plugin.Publisher(Config(url=(endpoint,), linger=0))
+    header = publisher.header_prefix("json")
+    try:
+        first = context.socket(zmq.XSUB)  # the first broker: it gets 1..5 and acknowledges only 2
+        first.bind(endpoint)
+        first.send(b"\x01")
+        publisher.send(b"event/r/runner_on_ok", header, b"{}")
+        assert json.loads(first.recv_multipart()[1])["seq"] == 1  # connected both ways
+        first.send(protocol.ack_frame({publisher.id: 1}))  # this broker acknowledges: keep what is sent
+        deadline = time.monotonic() + 10
+        while not publisher._acknowledging and time.monotonic() < deadline:
+            publisher.flush(0.05)
+        for _ in range(4):
+            publisher.send(b"event/r/runner_on_ok", header, b"{}")
+        assert [json.loads(first.recv_multipart()[1])["seq"] for _ in range(4)] == [2, 3, 4, 5]
+        first.send(protocol.ack_frame({publisher.id: 2}))
+        assert publisher.flush(0.5) is False  # 3..5 wait for their acknowledgement
+        first.close(0)  # the broker dies
+        time.sleep(0.3)  # the publisher sees its unsubscription
+
+        second = context.socket(zmq.XSUB)
+        handshake = second.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        second.bind(endpoint)
+        assert handshake.poll(10_000)  # the publisher has reconnected
+        second.getsockopt(zmq.EVENTS)  # the socket takes in the new connection: what it sends now reaches it
+        second.disable_monitor()
+        handshake.close(0)
+        with publisher._lock:  # both frames reach the publisher before it next looks
+            second.send(b"\x01")
+            second.send(protocol.ack_frame({publisher.id: 5}))
+            time.sleep(0.5)
+        publisher.send(b"event/r/runner_on_ok", header, b"{}")  # seq 6
+        assert json.loads(second.recv_multipart()[1])["seq"] == 6  # not 3, 4, 5 again
+        second.close(0)
+    finally:
+        publisher.close()
+        context.destroy(linger=0)

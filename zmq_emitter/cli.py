@@ -86,7 +86,7 @@ def broker(
                f"subscribers connect to {', '.join(instance.backend_endpoints)}; "
                f"history at {', '.join(instance.history_endpoints) or 'none'}"
                + (f", on disk in {history_dir} ({instance.history_loaded} messages loaded)"
-                  if history_dir and instance.history_endpoints else ""), err=True)
+                  if history_dir else ""), err=True)
     if curve is not None:
         typer.echo(f"zmq-emitter broker: CURVE on, public key {curve.pair.public.decode()}; publishers: "
                    f"{curve.publisher_keys or 'any key'}; subscribers: {curve.subscriber_keys or 'any key'}", err=True)

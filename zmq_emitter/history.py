@@ -239,7 +239,8 @@ class Journal:
         self.max_bytes = max_bytes
         self.segment_bytes = segment_bytes or max(2**20, max_bytes // 8)
         self._closed: collections.deque[tuple[Path, int]] = collections.deque()  # (path, bytes), oldest first
-        self._file = None
+        self._file = None      # the segment being written, with its path and size
+        self._path: Path | None = None
         self._size = 0
 
     def _segments(self) -> list[Path]:

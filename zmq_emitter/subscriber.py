@@ -231,7 +231,8 @@ def _socket(context: zmq.Context, endpoints: list[str], topics: tuple[bytes, ...
 
 
 def _covers_everything(prefixes: tuple[bytes, ...]) -> bool:
-    return b"" in prefixes or {b"status", b"event"} <= set(prefixes) or {b"status/", b"event/"} <= set(prefixes)
+    subscribed = set(prefixes)
+    return b"" in subscribed or {b"status", b"event"} <= subscribed or {b"status/", b"event/"} <= subscribed
 
 
 def _fetch_requests(gap: Gap) -> Iterator[dict]:
@@ -282,7 +283,7 @@ class _SubscriberBase:
 
     def _new_socket(self) -> None:
         """A fresh SUB socket on the same endpoints and topics (the old connections are dropped)."""
-        self.socket.close(linger=0)
+        self.disconnect()
         self.socket = _socket(self.context, self.endpoints, self.tracker.prefixes, self._rcvhwm, self._curve)
 
     def _requester_socket(self) -> zmq.Socket:
