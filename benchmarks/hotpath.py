@@ -22,7 +22,8 @@ import msgpack
 import orjson
 import zmq
 
-from zmq_emitter import plugin, protocol
+from zmq_emitter.runner import plugin
+from zmq_emitter import protocol
 
 from . import common
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from array import array
 
-from zmq_emitter import plugin
+from zmq_emitter.runner import plugin
 
 from . import common
 from .hotpath import publisher_of

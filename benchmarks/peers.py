@@ -22,7 +22,7 @@ import time
 import orjson
 import zmq
 
-from zmq_emitter import plugin
+from zmq_emitter.runner import plugin
 
 from . import common
 from .hotpath import publisher_of

@@ -192,7 +192,7 @@ def memory(frontend: str, corpus_path: str, codec: str) -> None:
     import ctypes
 
     from benchmarks.common import RunnerConfig, rss_kib
-    from zmq_emitter import plugin
+    from zmq_emitter.runner import plugin
 
     corpus = json.loads(Path(corpus_path).read_bytes())
     config = RunnerConfig(runner_zmq_url=frontend, runner_zmq_codec=codec)

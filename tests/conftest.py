@@ -14,7 +14,7 @@ import pytest
 
 from zmq_emitter.broker import Broker
 from zmq_emitter.demo import PROJECT
-from zmq_emitter.subscriber import Subscriber
+from zmq_emitter.consumers.subscriber import Subscriber
 
 BIN = Path(sys.executable).parent
 FINAL_STATUSES = {"successful", "failed", "timeout", "canceled", "error"}
@@ -157,7 +157,7 @@ def fresh_plugin():
     In-process runs (``ansible_runner.run``, direct handler calls) share the test process's
     publishers; a test that counts sockets or sequence numbers needs to start from none.
     """
-    from zmq_emitter import plugin
+    from zmq_emitter.runner import plugin
 
     def reset():
         for publisher in list(plugin._publishers.values()):

@@ -29,7 +29,7 @@ import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from zmq_emitter.subscriber import Subscriber  # noqa: E402
+from zmq_emitter.consumers.subscriber import Subscriber  # noqa: E402
 
 
 def answer(value) -> None:
@@ -46,7 +46,7 @@ class RunnerConfig:
 
 def publish(endpoint: str, ident: str, count: str, rate: str) -> None:
     import zmq_emitter
-    from zmq_emitter import plugin
+    from zmq_emitter.runner import plugin
 
     config = RunnerConfig(runner_zmq_url=endpoint, runner_zmq_buffer_messages=100_000, runner_zmq_linger=30_000)
     count, rate = int(count), float(rate)

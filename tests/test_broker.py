@@ -16,10 +16,12 @@ import pytest
 import zmq
 from conftest import BIN
 
-from zmq_emitter import broker as broker_module
-from zmq_emitter import config, protocol, subscriber
+from zmq_emitter.broker import broker as broker_module
+from zmq_emitter.runner import config
+from zmq_emitter import protocol
+from zmq_emitter.consumers import subscriber
 from zmq_emitter.broker import Broker
-from zmq_emitter.subscriber import Subscriber
+from zmq_emitter.consumers.subscriber import Subscriber
 
 
 def start_broker(*args: str) -> tuple[subprocess.Popen, str]:

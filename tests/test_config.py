@@ -6,10 +6,10 @@ import pytest
 from conftest import collect_run, run_cli, runner_env, settle
 
 import zmq_emitter
-from zmq_emitter import config
+from zmq_emitter.runner import config
 from zmq_emitter.broker import Broker
-from zmq_emitter.config import SETTINGS, load
-from zmq_emitter.subscriber import Subscriber
+from zmq_emitter.runner.config import SETTINGS, load
+from zmq_emitter.consumers.subscriber import Subscriber
 
 SETTING_NAMES = [s.name for s in SETTINGS]
 
@@ -163,7 +163,7 @@ def test_bad_setting_fails_the_ansible_runner_run_command_with_the_message(proje
     # ansible-runner calls status_handler("starting") before it starts anything; the plugin's
     # exception ends the command with an error, and the playbook never runs
     assert result.returncode != 0
-    assert "zmq_emitter.config.ConfigError: zmq_emitter: environment variable RUNNER_ZMQ_CODEC: 'xml' is not a codec; " \
+    assert "zmq_emitter.runner.config.ConfigError: zmq_emitter: environment variable RUNNER_ZMQ_CODEC: 'xml' is not a codec; " \
            "accepted: json, msgpack" in result.stderr
     assert not (project / "artifacts" / "bad-codec" / "job_events").exists() or \
         not any((project / "artifacts" / "bad-codec" / "job_events").iterdir())

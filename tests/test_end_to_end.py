@@ -1,7 +1,7 @@
 """The plugin under real ansible-runner runs: every event and status arrives, in order, equal to the artifacts."""
 from conftest import collect_run, job_events, run_cli, runner_env, settle
 
-from zmq_emitter.subscriber import Subscriber
+from zmq_emitter.consumers.subscriber import Subscriber
 
 
 def test_ansible_runner_run_command_delivers_every_event_and_status_in_order(project, broker):

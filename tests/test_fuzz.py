@@ -19,8 +19,9 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import BIN
 
-from zmq_emitter import protocol, security, tail
-from zmq_emitter.subscriber import Subscriber, Tracker
+from zmq_emitter import protocol, security
+from zmq_emitter.consumers import tail
+from zmq_emitter.consumers.subscriber import Subscriber, Tracker
 
 FUZZ = settings(max_examples=2000, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 

@@ -4,8 +4,8 @@ import zmq
 from conftest import collect_run, job_events, run_cli, runner_env, settle
 
 from zmq_emitter import protocol
-from zmq_emitter.history import History
-from zmq_emitter.subscriber import Subscriber
+from zmq_emitter.broker.history import History
+from zmq_emitter.consumers.subscriber import Subscriber
 
 
 def frames(ident, seq, kind="event", name="runner_on_ok", pub="p1", size=10):

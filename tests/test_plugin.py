@@ -18,9 +18,10 @@ from types import SimpleNamespace
 import pytest
 import zmq
 
-from zmq_emitter import plugin, protocol
+from zmq_emitter.runner import plugin
+from zmq_emitter import protocol
 from zmq_emitter.broker import Broker
-from zmq_emitter.subscriber import Subscriber
+from zmq_emitter.consumers.subscriber import Subscriber
 
 
 def runner_config(**settings) -> SimpleNamespace:
@@ -119,7 +120,7 @@ def test_threads_publishing_at_once_through_one_publisher_never_interleave_or_sk
 FORK_SCRIPT = textwrap.dedent("""
     import os, sys
     from types import SimpleNamespace
-    from zmq_emitter import plugin
+    from zmq_emitter.runner import plugin
     config = SimpleNamespace(settings={"runner_zmq_url": sys.argv[1]})
     plugin.status_handler(config, {"status": "starting", "runner_ident": "parent"})
     pid = os.fork()
@@ -321,9 +322,9 @@ def test_bind_mode_lets_a_plain_sub_connect_to_the_publisher(tmp_path, fresh_plu
 
 def test_a_message_buffered_before_the_first_subscription_goes_out_without_another_send(broker):
     """The background flush: nothing waits for the next event (a long task, a long-lived process)."""
-    from zmq_emitter.config import Config
-    from zmq_emitter.plugin import Publisher
-    from zmq_emitter.subscriber import Subscriber
+    from zmq_emitter.runner.config import Config
+    from zmq_emitter.runner.plugin import Publisher
+    from zmq_emitter.consumers.subscriber import Subscriber
 
     with Subscriber(broker.backend_endpoints) as sub:
         time.sleep(0.3)
@@ -340,7 +341,7 @@ def test_a_message_buffered_before_the_first_subscription_goes_out_without_anoth
 def test_an_acknowledgement_arriving_with_a_new_brokers_subscription_stops_the_resend_it_covers(tmp_path):
     """A broker restarted on its history directory acknowledges what it has; when that comes in the same read as
     its subscription, the messages already queued to be sent again are dropped, not sent twice."""
-    from zmq_emitter.config import Config
+    from zmq_emitter.runner.config import Config
     endpoint = f"ipc://{tmp_path}/f"
     context = zmq.Context()
     publisher = plugin.Publisher(Config(url=(endpoint,), linger=0))

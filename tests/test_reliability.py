@@ -12,9 +12,9 @@ from conftest import BIN, BrokerProcess, collect_run, job_events, run_cli, runne
 
 from zmq_emitter import protocol
 from zmq_emitter.broker import Broker
-from zmq_emitter.config import Config
-from zmq_emitter.plugin import Publisher
-from zmq_emitter.subscriber import AsyncSubscriber, Subscriber
+from zmq_emitter.runner.config import Config
+from zmq_emitter.runner.plugin import Publisher
+from zmq_emitter.consumers.subscriber import AsyncSubscriber, Subscriber
 
 
 def test_tail_replay_prints_a_finished_run_from_the_history_then_exits_at_its_final_status(project, broker):

@@ -20,7 +20,7 @@ from conftest import FINAL_STATUSES, collect_run, job_events, run_cli, runner_en
 import zmq_emitter
 from zmq_emitter import protocol
 from zmq_emitter.demo import PROJECT
-from zmq_emitter.subscriber import Subscriber
+from zmq_emitter.consumers.subscriber import Subscriber
 
 
 def assert_complete_run(messages: list, project, ident: str, final: str) -> None:
@@ -166,7 +166,7 @@ def test_no_broker_running_changes_nothing_about_the_run_and_the_exit_line_count
 FRESH_PROCESS = textwrap.dedent("""
     import sys, time
     from types import SimpleNamespace
-    from zmq_emitter import plugin
+    from zmq_emitter.runner import plugin
     config = SimpleNamespace(settings={"runner_zmq_url": sys.argv[1]})
     plugin.status_handler(config, {"status": "starting", "runner_ident": sys.argv[2]})
     if sys.argv[3] == "stay":

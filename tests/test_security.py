@@ -26,10 +26,12 @@ from zmq.utils.monitor import recv_monitor_message
 
 from conftest import BIN, collect_run, job_events, run_cli, runner_env, settle
 
-from zmq_emitter import plugin, protocol, security
+from zmq_emitter.runner import plugin
+from zmq_emitter import protocol, security
+from zmq_emitter.runner import redact
 from zmq_emitter.broker import Broker
-from zmq_emitter.config import Config, ConfigError, load
-from zmq_emitter.subscriber import Subscriber
+from zmq_emitter.runner.config import Config, ConfigError, load
+from zmq_emitter.consumers.subscriber import Subscriber
 
 pytestmark = pytest.mark.skipif(not zmq.has("curve"), reason="this libzmq has no CURVE")
 
@@ -432,8 +434,8 @@ def test_a_real_run_publishes_no_secret_of_its_environment_and_changes_nothing_e
     assert leaked == []
     published_env = next(m for m in messages if m.name == "starting").payload["env"]
     for name in [*secrets, "VAULT_PASSPHRASE"]:
-        assert published_env[name] == security.REDACTED
-    assert published_env["HTTPS_PROXY"] == f"http://{security.REDACTED}@proxy.example:3128"
+        assert published_env[name] == redact.REDACTED
+    assert published_env["HTTPS_PROXY"] == f"http://{redact.REDACTED}@proxy.example:3128"
     assert published_env["PATH"] == env["PATH"]  # ordinary variables are kept
 
     # Nothing else changed: the events equal the artifacts, and the env ansible-runner
@@ -447,7 +449,7 @@ def test_a_real_run_publishes_no_secret_of_its_environment_and_changes_nothing_e
 @pytest.mark.parametrize("settings, expected_env", [
     ({"runner_zmq_send_env": "false"}, None),
     ({"runner_zmq_redact": "false"}, {"API_KEY": "k-1", "LANG": "C"}),
-    ({}, {"API_KEY": security.REDACTED, "LANG": "C"}),
+    ({}, {"API_KEY": redact.REDACTED, "LANG": "C"}),
 ], ids=["send_env off", "redaction off", "default"])
 def test_redaction_settings_and_the_callers_dict_is_never_modified(broker, settings, expected_env):
     runner_config = types.SimpleNamespace(settings={"runner_zmq_url": broker.frontend_endpoints[0], **settings})

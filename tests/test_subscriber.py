@@ -26,7 +26,7 @@ from conftest import BIN, FINAL_STATUSES, job_events, runner_env, settle
 
 from zmq_emitter import protocol
 from zmq_emitter.demo import PROJECT
-from zmq_emitter.subscriber import AsyncSubscriber, Gap, Subscriber, Tracker, subscriptions
+from zmq_emitter.consumers.subscriber import AsyncSubscriber, Gap, Subscriber, Tracker, subscriptions
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "subscriber_examples"
 RUNS = {"multi-a": ("json", "web2"), "multi-b": ("msgpack", "none"), "multi-c": ("json", "db1")}

@@ -20,7 +20,7 @@ from conftest import BIN, job_events, run_cli, runner_env, settle
 
 from zmq_emitter import protocol
 from zmq_emitter.demo import PROJECT as DEMO
-from zmq_emitter.tail import FINAL_STATUS_EXIT
+from zmq_emitter.consumers.tail import FINAL_STATUS_EXIT
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 

@@ -17,11 +17,11 @@ from typing import List, Optional
 import typer
 import zmq
 
-from . import broker as broker_module
 from . import security
-from . import tail as tail_module
-from .config import check_endpoint
-from .subscriber import DEFAULT_ENDPOINT, Subscriber
+from .broker import broker as broker_module
+from .consumers import tail as tail_module
+from .consumers.subscriber import DEFAULT_ENDPOINT, Subscriber
+from .runner.config import check_endpoint
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="ZeroMQ event bus for ansible-runner: broker, tail and demo.")

@@ -1,4 +1,4 @@
-"""Security: CURVE keys and sockets, the broker's ZAP authenticator, secrets kept out of events, ipc permissions.
+"""Transport security: CURVE keys and sockets, the broker's ZAP authenticator, ipc permissions.
 
 The other modules call these helpers at the few places where security happens; the
 threat model and the step-by-step key set-up are in ``docs/security.md``.
@@ -20,10 +20,8 @@ by its long-term public key, every connection encrypted)::
     security.curve_client(sub_socket, server_public_key, client_pair)  # plugin, tail, subscribers
     auth = security.Authenticator(context, {"publishers": "keys/publishers", "subscribers": None})
 
-Redaction of the ``starting`` status (the only message that carries the environment)::
-
-    >>> security.redact_status({"status": "starting", "env": {"DB_PASSWORD": "hunter2", "HOME": "/root"}})
-    {'status': 'starting', 'env': {'DB_PASSWORD': '<redacted>', 'HOME': '/root'}}
+What the plugin removes from event content (secrets in the environment) is a runner-side
+concern: ``zmq_emitter.runner.redact``.
 """
 from __future__ import annotations
 
@@ -41,19 +39,6 @@ from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
 
 log = logging.getLogger("zmq_emitter.security")
-
-REDACTED = "<redacted>"
-
-# Environment variable names containing any of these (case-insensitive) have their
-# value replaced by REDACTED in the `starting` status.  Deliberately broad: a
-# redacted harmless value costs little, a leaked password a lot.  docs/security.md
-# lists them too; runner_zmq_redact_names adds more.
-SECRET_NAME_PARTS = ("PASSWORD", "PASSWD", "PASSPHRASE", "PASSWORT", "TOKEN", "SECRET", "KEY", "CREDENTIAL",
-                     "PRIVATE", "AUTH", "COOKIE", "SESSION", "SIGNATURE", "SALT", "CERT", "DSN", "CONNECTION_STRING")
-
-# user:password@ in URL-like values (proxies, database URLs) of any variable, e.g.
-# HTTPS_PROXY=http://user:pw@proxy:3128 -> http://<redacted>@proxy:3128
-_URL_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/\s@]+@")
 
 DEFAULT_IPC_MODE = 0o600
 
@@ -304,56 +289,6 @@ class Authenticator:
 
 
 # ----------------------------------------------------------------------------------------
-# Secrets out of the `starting` status
-
-
-def secret_name_pattern(extra: Iterable[str] = ()) -> re.Pattern:
-    """The regular expression a variable name is redacted for: any listed part, case-insensitive."""
-    parts = list(SECRET_NAME_PARTS) + [p for p in extra if p]
-    return re.compile("|".join(re.escape(p) for p in parts), re.IGNORECASE)
-
-
-_DEFAULT_PATTERN = secret_name_pattern()
-
-
-def redact_env(env: Mapping[str, Any], pattern: re.Pattern = _DEFAULT_PATTERN) -> dict:
-    """A copy of ``env`` with secret-looking values replaced by REDACTED.
-
-    >>> redact_env({"API_TOKEN": "abc", "HTTPS_PROXY": "http://me:pw@proxy:3128", "LANG": "C"})
-    {'API_TOKEN': '<redacted>', 'HTTPS_PROXY': 'http://<redacted>@proxy:3128', 'LANG': 'C'}
-    """
-    redacted = {}
-    for name, value in env.items():
-        if pattern.search(str(name)):
-            redacted[name] = REDACTED
-        elif isinstance(value, str) and "@" in value:
-            redacted[name] = _URL_CREDENTIALS.sub(rf"\g<scheme>{REDACTED}@", value)
-        else:
-            redacted[name] = value
-    return redacted
-
-
-def redact_status(data: dict, *, redact: bool = True, send_env: bool = True,
-                  pattern: re.Pattern = _DEFAULT_PATTERN) -> dict:
-    """The status dict to publish: ``data`` itself if nothing changes, else a shallow copy.
-
-    ansible-runner hands the same dict (and its ``env``, which is the environment of the
-    run and goes to the artifacts) to every plugin and to its own callbacks: it is
-    never modified here.
-    """
-    if "env" not in data:
-        return data
-    if not send_env:
-        return {k: v for k, v in data.items() if k != "env"}
-    if not redact:
-        return data
-    env, copy = data["env"], dict(data)
-    # Fail closed: an env that is not a mapping is not inspected, it is withheld.
-    copy["env"] = redact_env(env, pattern) if isinstance(env, Mapping) else REDACTED
-    return copy
-
-
-# ----------------------------------------------------------------------------------------
 # ipc:// socket files
 
 
@@ -381,26 +316,6 @@ def restrict_ipc(endpoint: str, mode: int | None = DEFAULT_IPC_MODE) -> None:
         raise SecurityError(f"cannot chmod {oct(mode)} the ipc socket {path!r}: {exc}") from None
 
 
-# ----------------------------------------------------------------------------------------
-# Setting parsers (config.py's SETTINGS use them; ValueError texts name what is wrong)
-
-
-def parse_flag(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"{value!r} is not true or false")
-
-
-def parse_names(value: Any) -> tuple[str, ...]:
-    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
-    return tuple(str(item).strip() for item in items if str(item).strip())
-
-
 def parse_ipc_mode(value: Any) -> int | None:
     """An octal mode such as 600 or 0660; ``keep`` leaves the umask's permissions."""
     text = str(value).strip().lower()
@@ -409,26 +324,6 @@ def parse_ipc_mode(value: Any) -> int | None:
     if not re.fullmatch(r"0?o?[0-7]{3}", text):
         raise ValueError(f"{value!r} is not an octal mode like 600 or 0660")
     return int(text[-3:], 8)
-
-
-def parse_server_key(value: Any) -> bytes:
-    text = str(value).strip()
-    if not text:
-        return b""
-    try:
-        return load_public_key(os.path.expanduser(text))
-    except SecurityError as exc:
-        raise ValueError(str(exc)) from None
-
-
-def parse_secret_key_file(value: Any) -> KeyPair | None:
-    text = str(value).strip()
-    if not text:
-        return None
-    try:
-        return load_key_pair(os.path.expanduser(text))
-    except SecurityError as exc:
-        raise ValueError(str(exc)) from None
 
 
 # ----------------------------------------------------------------------------------------

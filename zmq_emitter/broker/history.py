@@ -30,8 +30,8 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from . import protocol
-from .protocol import Envelope, ProtocolError
+from .. import protocol
+from ..protocol import Envelope, ProtocolError
 
 
 @dataclasses.dataclass

@@ -2,14 +2,14 @@
 
 Blocking::
 
-    from zmq_emitter.subscriber import Subscriber
+    from zmq_emitter.consumers import Subscriber
     with Subscriber("tcp://127.0.0.1:5558", topics=["status"]) as sub:
         for msg in sub:
             print(msg.ident, msg.name)          # e.g. "2f1c... successful"
 
 asyncio::
 
-    from zmq_emitter.subscriber import AsyncSubscriber
+    from zmq_emitter.consumers import AsyncSubscriber
     async with AsyncSubscriber("tcp://127.0.0.1:5558") as sub:
         async for msg in sub:
             ...
@@ -37,8 +37,8 @@ from typing import AsyncIterator, Callable, Iterable, Iterator
 import zmq
 import zmq.asyncio
 
-from . import protocol, security
-from .protocol import Message, ProtocolError
+from .. import protocol, security
+from ..protocol import Message, ProtocolError
 
 log = logging.getLogger("zmq_emitter.subscriber")
 

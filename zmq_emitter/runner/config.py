@@ -6,7 +6,7 @@ settings file (``env/settings``, which ansible-runner hands over as
 overrides it.  With neither ``runner_zmq_url`` nor ``runner_zmq_bind`` set the plugin
 is inactive.
 
-    >>> from zmq_emitter.config import load
+    >>> from zmq_emitter.runner.config import load
     >>> load({"runner_zmq_url": "tcp://broker:5557"}, environ={}).connect
     ('tcp://broker:5557',)
 """
@@ -17,7 +17,7 @@ import os
 import re
 from typing import Any, Callable, Mapping
 
-from . import protocol, security
+from .. import protocol, security
 
 DEFAULT_FRONTEND = "tcp://127.0.0.1:5557"  # where `zmq-emitter broker` listens for runners
 
@@ -71,6 +71,44 @@ def _codec(value: Any) -> str:
     return codec
 
 
+
+
+def _flag(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{value!r} is not true or false")
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    return tuple(str(item).strip() for item in items if str(item).strip())
+
+
+def _server_key(value: Any) -> bytes:
+    text = str(value).strip()
+    if not text:
+        return b""
+    try:
+        return security.load_public_key(os.path.expanduser(text))
+    except security.SecurityError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _secret_key_file(value: Any) -> security.KeyPair | None:
+    text = str(value).strip()
+    if not text:
+        return None
+    try:
+        return security.load_key_pair(os.path.expanduser(text))
+    except security.SecurityError as exc:
+        raise ValueError(str(exc)) from None
+
+
 @dataclasses.dataclass(frozen=True)
 class Setting:
     name: str
@@ -105,15 +143,15 @@ SETTINGS = (
     Setting("buffer_bytes", _count, 64 * 2**20, "bytes",
             "The same buffer's bound in payload bytes."),
     # Security (security.py, docs/security.md)
-    Setting("curve_server_key", security.parse_server_key, b"", "a .key file or 40 z85 characters",
+    Setting("curve_server_key", _server_key, b"", "a .key file or 40 z85 characters",
             "The broker's CURVE public key: encrypt the connection to runner_zmq_url and check the broker."),
-    Setting("curve_secret_key_file", security.parse_secret_key_file, None, "a .key_secret file",
+    Setting("curve_secret_key_file", _secret_key_file, None, "a .key_secret file",
             "This runner's CURVE key pair (`zmq-emitter keygen`), for a broker that admits only listed keys."),
-    Setting("redact", security.parse_flag, True, "true, false",
+    Setting("redact", _flag, True, "true, false",
             "Replace secret-looking values in the `starting` status's env with <redacted>."),
-    Setting("redact_names", security.parse_names, (), "comma-separated name parts",
+    Setting("redact_names", _names, (), "comma-separated name parts",
             "More parts of variable names to redact (case-insensitive), besides the built-in list."),
-    Setting("send_env", security.parse_flag, True, "true, false",
+    Setting("send_env", _flag, True, "true, false",
             "Include the env in the `starting` status at all."),
     Setting("ipc_mode", security.parse_ipc_mode, security.DEFAULT_IPC_MODE, "octal mode such as 600, or keep",
             "Permissions of ipc:// socket files the plugin binds (keep: as the umask made them)."),

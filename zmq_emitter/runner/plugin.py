@@ -43,7 +43,8 @@ from typing import Any
 
 import zmq
 
-from . import protocol, security
+from .. import protocol, security
+from . import redact
 from .config import Config, ConfigError, load
 
 log = logging.getLogger("zmq_emitter")
@@ -295,9 +296,9 @@ class _Route:
 
     def __init__(self, runner_config: Any, publisher: Publisher | None, config: Config):
         self.runner_config = runner_config  # kept to tell a reused id() from the same object
-        pattern = security.secret_name_pattern(config.redact_names)
-        # Only the `starting` status carries the env; it gets a redacted copy (security.py).
-        self.scrub = lambda data: security.redact_status(data, redact=config.redact, send_env=config.send_env,
+        pattern = redact.secret_name_pattern(config.redact_names)
+        # Only the `starting` status carries the env; it gets a redacted copy (redact.py).
+        self.scrub = lambda data: redact.redact_status(data, redact=config.redact, send_env=config.send_env,
                                                          pattern=pattern)
         self.publisher = publisher
         self.encode = protocol.ENCODERS[config.codec]

@@ -5,7 +5,7 @@
     zmq-emitter tail --format json | jq .event        # one JSON object per line
     zmq-emitter tail --format stdout                  # the playbook's own output, live
 
-Built on ``zmq_emitter.subscriber``; this module only filters and formats.
+Built on ``zmq_emitter.consumers.subscriber``; this module only filters and formats.
 """
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from typing import Callable, Iterable, TextIO
 import typer
 import orjson
 
-from . import protocol
-from .protocol import Message
+from .. import protocol
+from ..protocol import Message
 from .subscriber import Gap, Subscriber, subscriptions
 
 FORMATS = ("pretty", "json", "stdout")

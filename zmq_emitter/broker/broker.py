@@ -36,10 +36,8 @@ from typing import Callable, Iterable
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from . import protocol
+from .. import protocol, security
 from .history import History
-
-from . import security
 
 DEFAULT_FRONTEND = "tcp://127.0.0.1:5557"
 DEFAULT_BACKEND = "tcp://127.0.0.1:5558"
