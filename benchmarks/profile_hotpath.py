@@ -18,7 +18,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from zmq_emitter import plugin  # noqa: E402
+from zmq_emitter.runner import plugin  # noqa: E402
 
 from benchmarks import common  # noqa: E402
 from benchmarks.hotpath import publisher_of  # noqa: E402

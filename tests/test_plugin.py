@@ -349,17 +349,19 @@ def test_an_acknowledgement_arriving_with_a_new_brokers_subscription_stops_the_r
     try:
         first = context.socket(zmq.XSUB)  # the first broker: it gets 1..5 and acknowledges only 2
         first.bind(endpoint)
+        presence = protocol.Presence("broker", "first-token", 2**24)
+        first.send(b"\x01" + protocol.presence_topic(presence))
         first.send(b"\x01")
         publisher.send(b"event/r/runner_on_ok", header, b"{}")
         assert json.loads(first.recv_multipart()[1])["seq"] == 1  # connected both ways
-        first.send(protocol.ack_frame({publisher.id: 1}))  # this broker acknowledges: keep what is sent
+        first.send(protocol.ack_frame(protocol.Ack("broker", "first-token", {publisher.id: 1})))  # this broker acknowledges: keep what is sent
         deadline = time.monotonic() + 10
         while not publisher._acknowledging and time.monotonic() < deadline:
             publisher.flush(0.05)
         for _ in range(4):
             publisher.send(b"event/r/runner_on_ok", header, b"{}")
         assert [json.loads(first.recv_multipart()[1])["seq"] for _ in range(4)] == [2, 3, 4, 5]
-        first.send(protocol.ack_frame({publisher.id: 2}))
+        first.send(protocol.ack_frame(protocol.Ack("broker", "first-token", {publisher.id: 2})))
         assert publisher.flush(0.5) is False  # 3..5 wait for their acknowledgement
         first.close(0)  # the broker dies
         time.sleep(0.3)  # the publisher sees its unsubscription
@@ -372,8 +374,9 @@ def test_an_acknowledgement_arriving_with_a_new_brokers_subscription_stops_the_r
         second.disable_monitor()
         handshake.close(0)
         with publisher._lock:  # both frames reach the publisher before it next looks
+            second.send(b"\x01" + protocol.presence_topic(protocol.Presence("broker", "second-token", 2**24)))
             second.send(b"\x01")
-            second.send(protocol.ack_frame({publisher.id: 5}))
+            second.send(protocol.ack_frame(protocol.Ack("broker", "second-token", {publisher.id: 5})))
             time.sleep(0.5)
         publisher.send(b"event/r/runner_on_ok", header, b"{}")  # seq 6
         assert json.loads(second.recv_multipart()[1])["seq"] == 6  # not 3, 4, 5 again

@@ -27,6 +27,7 @@ Consuming::
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any, Callable
 
 import msgpack
@@ -41,14 +42,39 @@ SEPARATOR = "/"
 # Topic and header
 
 
+def escape_ident(ident: str) -> str:
+    """The ident as it stands in a topic: ``%`` as ``%25`` and ``/`` as ``%2F``, nothing else changed.
+
+    A topic is split at its first two ``/``; escaping keeps any ident ansible-runner accepts
+    (``--ident 'a/b c'``) in one piece.  Idents without ``%`` or ``/`` (UUIDs, the default)
+    are unchanged, so version 1 topics stay as they were.
+
+    >>> escape_ident("a/b c%")
+    'a%2Fb c%25'
+    """
+    if "%" in ident or "/" in ident:
+        return ident.replace("%", "%25").replace("/", "%2F")
+    return ident
+
+
+def unescape_ident(text: str) -> str:
+    """The ident a topic carries (the inverse of ``escape_ident``; other ``%`` sequences stay as they are)."""
+    if "%" not in text:
+        return text
+    return _ESCAPED.sub(lambda m: "%" if m.group(0) == "%25" else "/", text)
+
+
+_ESCAPED = re.compile("%25|%2[Ff]")
+
+
 def topic(kind: str, ident: str, name: str) -> bytes:
-    """The topic frame: ``<kind>/<ident>/<name>``, UTF-8."""
-    return f"{kind}{SEPARATOR}{ident}{SEPARATOR}{name}".encode()
+    """The topic frame: ``<kind>/<ident>/<name>``, UTF-8, the ident escaped (``escape_ident``)."""
+    return f"{kind}{SEPARATOR}{escape_ident(ident)}{SEPARATOR}{name}".encode()
 
 
 def run_prefix(kind: str, ident: str) -> bytes:
     """The subscription prefix that matches one run's messages of one kind, and no other run's."""
-    return f"{kind}{SEPARATOR}{ident}{SEPARATOR}".encode()
+    return f"{kind}{SEPARATOR}{escape_ident(ident)}{SEPARATOR}".encode()
 
 
 def header_prefix(codec: str, publisher: str) -> bytes:
@@ -181,6 +207,7 @@ def _head(frames: list[bytes]) -> tuple[str, str, str, str, str, int]:
     topic_frame, header_frame = bytes(frames[0]), bytes(frames[1])
     try:
         kind, ident, name = topic_frame.decode().split(SEPARATOR, 2)
+        ident = unescape_ident(ident)
     except (UnicodeDecodeError, ValueError):
         raise ProtocolError(f"topic is not <kind>/<ident>/<name>: {topic_frame[:80]!r}") from None
     if kind not in KINDS:
@@ -232,28 +259,103 @@ def envelope(frames: list[bytes]) -> Envelope:
 
 
 # ----------------------------------------------------------------------------------------
-# Upstream acknowledgements: broker -> publishers
+# Upstream, broker -> runners: presence and acknowledgements (docs/protocol.md, "Upstream")
 #
-# The broker sends, through its frontend, one-frame messages b"ACK " + JSON object
-# {publisher id: highest seq received}.  A publisher keeps what it sent until it is
-# acknowledged and sends it again after the broker comes back (docs/reliability.md).
+# A broker with a history announces itself to the runners with a subscription that matches
+# no message (topics never start with a zero byte)::
+#
+#     \x01 \x00zmq-emitter/broker {"broker": NAME, "token": TOKEN, "max_message_size": N}
+#
+# NAME is stable across the broker's restarts (a runner keeps for a broker that is away what
+# it has not acknowledged, and sends it again when that broker is back); TOKEN is random per
+# broker process and travels only upstream (subscribers never see upstream frames), so a
+# subscriber cannot acknowledge in a broker's name.  When the broker's connection goes away,
+# the runner's XPUB sees the same bytes as an unsubscription (\x00 ...).
+#
+# Acknowledgements are one-frame messages ``ACK `` + JSON::
+#
+#     {"broker": NAME, "token": TOKEN, "acks": {"<pub>": seq, ...}, "resend": {"<pub>": seq, ...}}
+#
+# ``acks``: the broker's history holds every message of that publisher up to ``seq`` (the
+# highest contiguous one recorded).  ``resend``: its history misses a message after ``seq``
+# (a copy dropped under overload): the publisher sends again what it still has after ``seq``.
 
+PRESENCE_PREFIX = b"\x00zmq-emitter/broker "
 ACK_PREFIX = b"ACK "
 
 
-def ack_frame(acks: dict[str, int]) -> bytes:
-    return ACK_PREFIX + orjson.dumps(acks)
+@dataclasses.dataclass(frozen=True)
+class Presence:
+    """A broker announcing itself upstream (see above)."""
+
+    broker: str
+    token: str
+    max_message_size: int
 
 
-def parse_ack(frame: bytes) -> dict[str, int]:
-    """The acknowledgements in an upstream frame; {} for anything else."""
-    if not frame.startswith(ACK_PREFIX):
-        return {}
+def presence_topic(presence: Presence) -> bytes:
+    """The subscription topic (without the leading \\x01) a broker sends upstream to announce itself."""
+    return PRESENCE_PREFIX + orjson.dumps(dataclasses.asdict(presence))
+
+
+def parse_presence(subscription_topic: bytes) -> Presence | None:
+    """The presence a subscription topic announces, or None (an ordinary subscription, or malformed)."""
+    if not subscription_topic.startswith(PRESENCE_PREFIX):
+        return None
     try:
-        acks = orjson.loads(frame[len(ACK_PREFIX):])
-    except orjson.JSONDecodeError:
-        return {}
-    return acks if isinstance(acks, dict) else {}
+        fields = orjson.loads(subscription_topic[len(PRESENCE_PREFIX):])
+        presence = Presence(fields["broker"], fields["token"], fields["max_message_size"])
+    except (orjson.JSONDecodeError, TypeError, KeyError):
+        return None
+    if not (isinstance(presence.broker, str) and isinstance(presence.token, str)
+            and _is_count(presence.max_message_size)):
+        return None
+    return presence
+
+
+@dataclasses.dataclass(frozen=True)
+class Ack:
+    """One acknowledgement frame (see above)."""
+
+    broker: str
+    token: str
+    acks: dict[str, int]
+    resend: dict[str, int] = dataclasses.field(default_factory=dict)
+
+
+def ack_frame(ack: Ack) -> bytes:
+    return ACK_PREFIX + orjson.dumps(dataclasses.asdict(ack))
+
+
+def parse_ack(frame: bytes) -> Ack | None:
+    """The acknowledgement in an upstream frame; None for anything else or anything malformed."""
+    if not frame.startswith(ACK_PREFIX):
+        return None
+    try:
+        fields = orjson.loads(frame[len(ACK_PREFIX):])
+        ack = Ack(fields["broker"], fields["token"], fields["acks"], fields.get("resend") or {})
+    except (orjson.JSONDecodeError, TypeError, KeyError, AttributeError):
+        return None
+    if not (isinstance(ack.broker, str) and isinstance(ack.token, str) and isinstance(ack.acks, dict)
+            and isinstance(ack.resend, dict)):
+        return None
+    if not all(_is_count(v) for v in ack.acks.values()) or not all(_is_count(v) for v in ack.resend.values()):
+        return None
+    return ack
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+# ----------------------------------------------------------------------------------------
+# Events too large for the broker (docs/protocol.md, "Events too large to send")
+#
+# A payload larger than the broker accepts (``runner_zmq_max_message_size``, or a smaller
+# ``max_message_size`` a broker announced) is never sent: the publisher sends, on the same
+# topic with the same seq, the event with its large values cut, and this key added.
+
+TRUNCATED = "zmq_emitter_truncated"  # {"bytes": original payload size, "limit": the limit it exceeded}
 
 
 # ----------------------------------------------------------------------------------------

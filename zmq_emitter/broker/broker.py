@@ -31,6 +31,9 @@ import errno
 import threading
 import time
 import uuid
+import hashlib
+import secrets
+import socket
 from typing import Callable, Iterable
 
 import zmq
@@ -51,6 +54,12 @@ _BIND_HINTS = {
     zmq.EPROTONOSUPPORT: " (use tcp://HOST:PORT or ipc://PATH)",
     zmq.EINVAL: " (use tcp://HOST:PORT or ipc://PATH)",
 }
+
+
+def default_name(frontend: Iterable[str]) -> str:
+    """A broker's name when none is given: the same for a broker restarted on this host and these endpoints."""
+    text = socket.gethostname() + "|" + ",".join(sorted(frontend))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 class BrokerError(RuntimeError):
@@ -88,7 +97,8 @@ class Broker:
                  startup_grace: float = 1.0, sndhwm: int = 100_000, rcvhwm: int = 100_000,
                  history_runs: int = 100, history_bytes: int = 64 * 2**20, history_dir: str | None = None,
                  capture_hwm: int = 100_000,
-                 curve: security.ServerCurve | None = None, ipc_mode: int | None = security.DEFAULT_IPC_MODE):
+                 curve: security.ServerCurve | None = None, ipc_mode: int | None = security.DEFAULT_IPC_MODE,
+                 name: str | None = None):
         self.curve = curve          # CURVE on both sides, clients checked by ZAP (security.py)
         self.ipc_mode = ipc_mode    # permissions of bound ipc:// socket files; None leaves the umask's
         self._auth: security.Authenticator | None = None
@@ -104,7 +114,11 @@ class Broker:
         self.startup_grace = startup_grace
         self._sndhwm, self._rcvhwm = sndhwm, rcvhwm
         self._context = zmq.Context()
-        self._name = uuid.uuid4().hex
+        self._name = uuid.uuid4().hex  # of this process's inproc endpoints
+        # How runners know this broker (protocol.Presence): the name is stable across restarts on
+        # the same endpoints, the token is new each time and never leaves the upstream direction.
+        self.name = name or default_name(self.frontend_endpoints)
+        self._token = secrets.token_hex(16)
         self._stopping = threading.Event()
         self._forwarding = threading.Event()
         self._state_lock = threading.Lock()  # makes "stopping" and "forwarding" exclusive
@@ -238,7 +252,11 @@ class Broker:
         # Runners send nothing before the frontend subscribes: until then what they publish
         # waits in their own bounded buffers.  A history loaded from disk is acknowledged to
         # them first, so that they do not send again what this broker already has.
-        loaded = protocol.ack_frame(self._loaded_acks) if self._loaded_acks else None
+        presence = protocol.presence_topic(protocol.Presence(self.name, self._token, self.max_message_size))
+        # Announced at once: a presence subscription matches no message, so runners go on keeping
+        # their messages until the data subscription below, but they accept this broker's acks.
+        self._frontend.send(b"\x01" + presence)
+        loaded = self._ack(self._loaded_acks) if self._loaded_acks else None
         deadline = time.monotonic() + self.startup_grace
         while time.monotonic() < deadline:
             if loaded:
@@ -314,9 +332,12 @@ class Broker:
                 replier.send_multipart(history.answer(request[0]), copy=False)
             if updated:
                 history.sync()  # acknowledged means recorded, on disk too with a history directory
-                acker.send(protocol.ack_frame(updated))
+                acker.send(self._ack(updated))
                 updated = {}
         history.close()
+
+    def _ack(self, acks: dict[str, int]) -> bytes:
+        return protocol.ack_frame(protocol.Ack(self.name, self._token, acks))
 
     def _read_proxy_counters(self) -> None:
         self._control.send(b"STATISTICS")

@@ -79,6 +79,7 @@ class Publisher:
         self.dropped = 0      # pushed out of the full buffer before they were ever sent
         self.unconfirmed = 0  # pushed out of the full buffer after sending, never acknowledged
         self._subscriptions: set[bytes] = set()
+        self._brokers: dict[str, str] = {}  # brokers that acknowledge: name -> token (protocol.Presence)
         self._next_poll = 0.0
         self._closed = False
 
@@ -149,20 +150,30 @@ class Publisher:
         try:
             while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                 frame = sock.recv(zmq.NOBLOCK)
-                if frame[:1] == b"\x01":
-                    if not self._subscriptions:
-                        # A peer is (back) after none was: what the last one did not
-                        # acknowledge goes again, before anything newer.
-                        self._unsent.extendleft(reversed(self._sent))
-                        self._sent.clear()
-                    self._subscriptions.add(frame[1:])
-                elif frame[:1] == b"\x00":
-                    self._subscriptions.discard(frame[1:])
+                if frame[:1] in (b"\x01", b"\x00"):
+                    presence = protocol.parse_presence(frame[1:])
+                    if presence is not None:  # a broker that acknowledges, (dis)connecting
+                        if frame[:1] == b"\x01":
+                            self._brokers[presence.broker] = presence.token
+                        elif self._brokers.get(presence.broker) == presence.token:
+                            del self._brokers[presence.broker]
+                    elif frame[:1] == b"\x01":
+                        if not self._subscriptions:
+                            # A peer is (back) after none was: what the last one did not
+                            # acknowledge goes again, before anything newer.
+                            self._unsent.extendleft(reversed(self._sent))
+                            self._sent.clear()
+                        self._subscriptions.add(frame[1:])
+                    else:
+                        self._subscriptions.discard(frame[1:])
                 else:
-                    acked = protocol.parse_ack(frame).get(self.id)
-                    if isinstance(acked, int):
-                        self._acknowledging = True
-                        self._acknowledge(acked)
+                    ack = protocol.parse_ack(frame)
+                    # Only a present broker's own token counts: a subscriber cannot acknowledge.
+                    if ack is not None and self._brokers.get(ack.broker) == ack.token:
+                        acked = ack.acks.get(self.id)
+                        if isinstance(acked, int):
+                            self._acknowledging = True
+                            self._acknowledge(acked)
         except zmq.ZMQError:
             pass
 
