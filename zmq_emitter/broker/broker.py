@@ -255,7 +255,8 @@ class Broker:
         presence = protocol.presence_topic(protocol.Presence(self.name, self._token, self.max_message_size))
         # Announced at once: a presence subscription matches no message, so runners go on keeping
         # their messages until the data subscription below, but they accept this broker's acks.
-        self._frontend.send(b"\x01" + presence)
+        if self.history_endpoints:  # only a broker that acknowledges announces itself
+            self._frontend.send(b"\x01" + presence)
         loaded = self._ack(self._loaded_acks) if self._loaded_acks else None
         deadline = time.monotonic() + self.startup_grace
         while time.monotonic() < deadline:
