@@ -59,6 +59,25 @@ def alternate(variants: list, reps: int) -> Iterator[tuple[int, Any]]:
             yield rep, variant
 
 
+def median_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """(median, low, high): a distribution-free confidence interval for the median of ``values``.
+
+    From the order statistics (the sign test's interval): [x(k), x(n+1-k)] covers the true median with
+    probability 1 - 2 P(Binomial(n, 1/2) < k); k is the largest with that at least ``confidence``.
+    With too few values for that confidence, the interval is the whole range.
+    """
+    from math import comb
+
+    xs, n = sorted(values), len(values)
+    k, below = 1, 0.0
+    for j in range(1, n // 2 + 1):
+        below += comb(n, j - 1) / 2 ** n  # P(X <= j-1)
+        if 1 - 2 * below < confidence:
+            break
+        k = j
+    return statistics.median(xs), xs[k - 1], xs[n - k]
+
+
 def percentile(sorted_values: list, q: float) -> float:
     """The nearest-rank percentile of an already sorted list."""
     index = min(len(sorted_values) - 1, max(0, int(round(q / 100 * len(sorted_values) + 0.5)) - 1))

@@ -46,8 +46,9 @@ def _phase(producer, subs: list, n: int, rate: float, timeout: float) -> dict:
     delivered = sum(sum(g["counts"]) for g in got)
     last = max(g["last_ns"] for g in got)
     sockets = sum(len(g["counts"]) for g in got)
+    # counts are distinct (pub, seq) per socket: a repeat never stands in for a lost message
     return {"seconds": (last - sent["t0_ns"]) / 1e9, "delivered": delivered, "lost": n * sockets - delivered,
-            "send_seconds": (sent["t1_ns"] - sent["t0_ns"]) / 1e9}
+            "duplicates": sum(sum(g["duplicates"]) for g in got), "send_seconds": (sent["t1_ns"] - sent["t0_ns"]) / 1e9}
 
 
 def run(corpus_path, reps: int, n: int, rate: float, seconds: float, fanout=FANOUT) -> dict:
@@ -66,14 +67,15 @@ def run(corpus_path, reps: int, n: int, rate: float, seconds: float, fanout=FANO
         subs = _subscribers(stack, backends, 1)
         for k in kinds:
             common.connect_through(lambda: producers[k].call("one"), subs[k])
-        samples: dict = {k: {"rate": [], "lost": []} for k in kinds}
+        samples: dict = {k: {"rate": [], "lost": [], "duplicates": []} for k in kinds}
         for _, k in common.alternate(list(kinds), reps):
             result = _phase(producers[k], subs[k], n, 0, 60)
             samples[k]["rate"].append(n / result["seconds"])
             samples[k]["lost"].append(result["lost"])
+            samples[k]["duplicates"].append(result["duplicates"])
         for k in kinds:
             data[f"throughput_{k}"] = {"per_s": common.summary(samples[k]["rate"]), "lost": sum(samples[k]["lost"]),
-                                       "sent": n * reps}
+                                       "duplicates": sum(samples[k]["duplicates"]), "sent": n * reps}
         for workers in subs.values():
             for worker in workers:
                 worker.stop()

@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import common, fanout, hotpath, latency, memory, peers, playbook, profile_hotpath  # noqa: E402
+from benchmarks import charts, common, fanout, hotpath, latency, memory, peers, playbook, profile_hotpath  # noqa: E402
 
 FIGURES = ("hotpath", "peers", "fanout", "latency", "playbook", "memory", "profile")
 
@@ -44,7 +44,7 @@ SIZES = {
     "fanout_reps": (2, 1),
     "latency_rates": ((1_000, 10_000), (1_000,)),
     "latency_seconds": (2.0, 0.5),
-    "playbook_reps": (5, 1),
+    "playbook_reps": (12, 2),  # pairs: enough for a 95% interval of the median difference
     "playbook_scale": (1, 1),
     "memory_calls": (1_000_000, 10_000),
     "profile_n": (20_000, 1_000),
@@ -113,7 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     partial = args.out.with_name(args.out.name + ".tmp")
     partial.write_text(json.dumps(report, indent=1) + "\n")
     partial.rename(args.out)
-    print(f"done in {report['seconds']:.0f}s; figures written to {args.out}")
+    charts_written = charts.draw(report, args.out.parent)
+    print(f"done in {report['seconds']:.0f}s; figures written to {args.out}; charts: "
+          f"{', '.join(str(p) for p in charts_written)}")
     return 0
 
 

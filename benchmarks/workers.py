@@ -4,7 +4,8 @@ Each role prints one JSON line when it is ready and one JSON line per command::
 
     python benchmarks/workers.py proxy ipc:///tmp/x/in ipc:///tmp/x/out 100000   # a bare zmq.proxy
     python benchmarks/workers.py recv sub connect ipc:///tmp/x/out 10 [event/,status/]  # 10 SUB sockets
-        wait N TIMEOUT        -> {"counts": [...], "first_ns": .., "last_ns": ..}  (counters then reset)
+        wait N TIMEOUT [PUB]  -> {"counts": [...], "duplicates": [...], "other": [...], "first_ns": .., "last_ns": ..}
+                                 (counters then reset)
         record                -> from now on note every receipt time (ns) and seq of socket 0
         times N TIMEOUT PATH  -> as wait, then the noted times written to PATH, the seqs answered
     python benchmarks/workers.py recv pull bind ipc:///tmp/x/pull 1                # a PULL sink
@@ -55,10 +56,41 @@ def proxy(frontend: str, backend: str, hwm: str) -> None:
     zmq.proxy(xsub, xpub)  # until SIGTERM
 
 
-def recv(kind: str, mode: str, endpoint: str, count: str = "1", prefixes: str = "") -> None:
-    """Count every message on ``count`` sockets; answer ``wait`` once each has N or the time is up.
+class Distinct:
+    """Counts distinct messages: a protocol message is known by (pub, seq), so a repeat (a resend after a
+    broker restart) counts as a duplicate, never as a second delivery that could hide a loss.  Messages
+    without a protocol header (the floor's two frames, other emitters' JSON) have no identity and count as
+    they come."""
 
-    A SUB subscribes to each of the comma-separated ``prefixes``, or to everything.
+    def __init__(self):
+        self.seen: dict[str, bytearray] = {}  # pub -> one byte per seq: seen or not
+
+    def add(self, frames) -> tuple[str | None, bool]:
+        """(pub or None, True if new)."""
+        if len(frames) != 3:
+            return None, True
+        try:
+            header = orjson.loads(frames[1].bytes)
+            pub, seq = header["pub"], header["seq"]
+        except (orjson.JSONDecodeError, TypeError, KeyError):
+            return None, True
+        bits = self.seen.get(pub)
+        if bits is None:
+            bits = self.seen[pub] = bytearray()
+        if seq >= len(bits):
+            bits.extend(bytes(max(seq + 1 - len(bits), len(bits))))
+        if bits[seq]:
+            return pub, False
+        bits[seq] = 1
+        return pub, True
+
+
+def recv(kind: str, mode: str, endpoint: str, count: str = "1", prefixes: str = "") -> None:
+    """Count every distinct message on ``count`` sockets; answer ``wait`` once each has N or the time is up.
+
+    A SUB subscribes to each of the comma-separated ``prefixes``, or to everything.  ``wait N TIMEOUT PUB``
+    counts only publisher PUB's messages toward N (others, e.g. a previous contender's late arrivals, are
+    reported as ``other``).
     """
     ctx = zmq.Context()
     sockets = []
@@ -76,8 +108,11 @@ def recv(kind: str, mode: str, endpoint: str, count: str = "1", prefixes: str = 
     poller.register(sys.stdin.fileno(), zmq.POLLIN)
     answer({"ready": True})
 
-    counts = [0] * len(sockets)
-    first_ns = last_ns = 0
+    # Per socket and publisher (None: messages without one): [distinct messages, first and last receipt ns].
+    tally: list[dict] = [{} for _ in sockets]
+    duplicates = [0] * len(sockets)
+    distinct = [Distinct() for _ in sockets]
+    only_pub = None
     command = None  # (target, deadline, path) while a wait is open
     recording, times, headers = False, array("q"), []
     index = {sock: i for i, sock in enumerate(sockets)}
@@ -94,21 +129,42 @@ def recv(kind: str, mode: str, endpoint: str, count: str = "1", prefixes: str = 
                     continue
                 target, seconds = int(line[1]), float(line[2])
                 command = (target, time.monotonic() + seconds, line[3] if line[0] == "times" else None)
+                only_pub = line[3] if line[0] == "wait" and len(line) > 3 else None
                 continue
+
             i = index[item]
             for _ in range(1000):  # drain, but come back to stdin and the other sockets
                 try:
                     frames = item.recv_multipart(zmq.NOBLOCK, copy=False)
                 except zmq.Again:
                     break
-                last_ns = time.monotonic_ns()
-                first_ns = first_ns or last_ns
-                counts[i] += 1
+                now = time.monotonic_ns()
+                pub, new = distinct[i].add(frames)
+                if not new:
+                    duplicates[i] += 1
+                    continue
+                entry = tally[i].get(pub)
+                if entry is None:
+                    entry = tally[i][pub] = [0, now, now]
+                entry[0] += 1
+                entry[2] = now
+                last_ns = now
                 if recording and i == 0:
                     times.append(last_ns)
                     headers.append(frames[1].bytes if len(frames) == 3 else b"{}")
-        if command and (min(counts) >= command[0] or time.monotonic() >= command[1]):
-            result = {"counts": counts, "first_ns": first_ns, "last_ns": last_ns}
+        if command is None:
+            continue
+        if only_pub is None:  # every publisher counts
+            mine = [[sum(e[0] for e in t.values()), min((e[1] for e in t.values()), default=0),
+                     max((e[2] for e in t.values()), default=0)] for t in tally]
+        else:
+            mine = [t.get(only_pub, [0, 0, 0]) for t in tally]
+        counts = [m[0] for m in mine]
+        if min(counts) >= command[0] or time.monotonic() >= command[1]:
+            result = {"counts": counts, "duplicates": duplicates,
+                      "other": [sum(e[0] for e in t.values()) - c for t, c in zip(tally, counts)],
+                      "first_ns": min((m[1] for m in mine if m[0]), default=0),
+                      "last_ns": max((m[2] for m in mine), default=0)}
             if command[2]:
                 with open(command[2], "wb") as out:
                     times.tofile(out)
@@ -116,7 +172,8 @@ def recv(kind: str, mode: str, endpoint: str, count: str = "1", prefixes: str = 
             answer(result)
             if command[2]:
                 recording, times, headers = False, array("q"), []
-            counts, first_ns, last_ns, command = [0] * len(sockets), 0, 0, None
+            tally, duplicates = [{} for _ in sockets], [0] * len(sockets)
+            command, only_pub = None, None
 
 
 def http_sink() -> None:

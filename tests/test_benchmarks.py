@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import zmq
+
 ROOT = Path(__file__).resolve().parent.parent
 FIGURES = ["hotpath", "peers", "fanout", "latency", "playbook", "memory", "profile"]
 
@@ -59,6 +61,44 @@ def test_quick_benchmarks_run_every_figure_and_lose_nothing(tmp_path):
         assert mem["sent"] == mem["received"] and mem["plugin_dropped"] == 0, key
         assert set(mem["rss_kib"]) == {"start", "warm", "half", "end", "flushed", "trimmed"}
 
+    paired = runs["paired_zmq_vs_off"]
+    assert len(paired["differences"]) == 2 and paired["ci95"][0] <= paired["median"] <= paired["ci95"][1]
+
+    for name in ("hotpath", "fanout", "latency", "playbook", "memory"):  # the charts of RESULTS.md, drawn from the JSON
+        assert (tmp_path / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+
     profile = figures["profile"]["history_off"]
     assert profile["received"] == profile["events"] and profile["top"]
     assert any("dumps" in row["function"] for row in profile["top"])  # the encoder shows up where it should
+
+
+def test_the_benchmark_receivers_count_a_repeated_message_as_a_duplicate_not_as_a_delivery(tmp_path):
+    """A resend (same pub and seq) must never stand in for a message that was lost."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks import common
+    from zmq_emitter import protocol
+
+    endpoint = f"ipc://{tmp_path}/out"
+    context = zmq.Context()
+    pub = context.socket(zmq.PUB)
+    pub.bind(endpoint)
+    header = protocol.header_prefix("json", "p" * 16)
+    try:
+        with common.Worker("recv", "sub", "connect", endpoint) as sub:
+            common.connect_through(lambda: pub.send_multipart([b"event/r/x", header + b"1}", b"{}"]), [sub])
+            for seq in (2, 3, 2, 3, 4):  # 2 and 3 twice: 3 distinct new messages, 2 repeats
+                pub.send_multipart([b"event/r/x", header + b"%d}" % seq, b"{}"])
+            pub.send_multipart([b"event/r/x", protocol.header_prefix("json", "q" * 16) + b"1}", b"{}"])
+            got = sub.call("wait", 3, 10, "p" * 16)
+        assert got["counts"] == [3] and got["duplicates"] == [2] and got["other"] == [1]
+    finally:
+        pub.close(0)
+        context.term()
+
+
+def test_the_median_interval_covers_the_median_with_the_order_statistics_of_the_sign_test():
+    sys.path.insert(0, str(ROOT))
+    from benchmarks import common
+
+    assert common.median_interval([0.01 * i for i in range(12)]) == (0.055, 0.02, 0.09)  # x(3), x(10) of 12
+    assert common.median_interval([3.0, 1.0]) == (2.0, 1.0, 3.0)  # too few for 95%: the whole range

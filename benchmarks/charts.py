@@ -1,0 +1,140 @@
+"""The charts of benchmarks/RESULTS.md, drawn from a run's JSON (benchmarks/results/latest.json).
+
+    .venv/bin/python benchmarks/charts.py                       # latest.json -> benchmarks/results/*.png
+    .venv/bin/python benchmarks/charts.py RUN.json OUT_DIR
+
+``benchmarks/run.py`` calls ``draw`` after every run, so the pictures always show the numbers in the
+JSON beside them.  Each chart shows what its figure's target is about: ratios to the baseline measured
+in the same run (with the target as a line), or the measured values with their spread.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+
+
+def _bars(ax, labels: list[str], values: list[float], lows: list[float], highs: list[float], target: float | None,
+          xlabel: str) -> None:
+    y = range(len(labels))
+    errors = [[v - lo for v, lo in zip(values, lows)], [hi - v for v, hi in zip(values, highs)]]
+    ax.barh(list(y), values, xerr=errors, color="#4c72b0", ecolor="#333333", capsize=3)
+    ax.set_yticks(list(y), labels)
+    ax.invert_yaxis()
+    ax.set_xlabel(xlabel)
+    if target is not None:
+        ax.axvline(target, color="#c44e52", linestyle="--", label=f"target {target:g}")
+        ax.legend(loc="lower right")
+    ax.grid(axis="x", alpha=0.3)
+
+
+def _hotpath(figure: dict, ax) -> None:
+    data = figure["data"]
+    labels, values, lows, highs = [], [], [], []
+    for key, d in data.items():
+        if not key.startswith("plugin_"):
+            continue
+        codec = key[len("plugin_"):].split(",")[0]
+        floor = data[f"floor_{codec}"]["e2e_per_s"]["median"]
+        labels.append(key[len("plugin_"):])
+        values.append(d["e2e_per_s"]["median"] / floor)
+        lows.append(d["e2e_per_s"]["min"] / floor)
+        highs.append(d["e2e_per_s"]["max"] / floor)
+    _bars(ax, labels, values, lows, highs, 0.8, "event_handler end to end / floor (median, min-max)")
+    ax.set_title("1. Hot path against the floor")
+
+
+def _fanout(figure: dict, ax) -> None:
+    data = figure["data"]
+    proxy = data["throughput_proxy"]["per_s"]["median"]
+    labels, values, lows, highs = [], [], [], []
+    for key in ("throughput_broker", "throughput_broker_disk", "throughput_broker_nohistory", "throughput_proxy"):
+        if key in data:
+            s = data[key]["per_s"]
+            labels.append(key[len("throughput_"):].replace("_", " "))
+            values.append(s["median"] / proxy)
+            lows.append(s["min"] / proxy)
+            highs.append(s["max"] / proxy)
+    _bars(ax, labels, values, lows, highs, 0.9, "messages/s / bare zmq.proxy (median, min-max)")
+    ax.set_title("3. Broker throughput against a bare proxy")
+
+
+def _latency(figure: dict, ax) -> None:
+    data = figure["data"]
+    rates = list(data)
+    for key, colour in (("p50_us", "#4c72b0"), ("p99_us", "#dd8452"), ("max_us", "#999999")):
+        ax.plot([int(r) for r in rates], [data[r][key]["median"] for r in rates], marker="o", color=colour,
+                label=key.replace("_us", ""))
+    ax.axhline(1000, color="#c44e52", linestyle="--", label="p99 target 1 ms")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("events/s")
+    ax.set_ylabel("microseconds (median of reps)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    ax.set_title("4. Latency event_handler -> subscriber")
+
+
+def _playbook(figure: dict, ax) -> None:
+    paired = figure["data"].get("paired_zmq_vs_off")
+    if not paired:
+        return
+    diffs = [d * 100 for d in paired["differences"]]
+    ax.scatter(diffs, [0] * len(diffs), alpha=0.6, color="#4c72b0", label="one pair: zmq / off - 1")
+    low, high = (v * 100 for v in paired["ci95"])
+    ax.errorbar([paired["median"] * 100], [0.2], xerr=[[paired["median"] * 100 - low], [high - paired["median"] * 100]],
+                fmt="o", color="#333333", capsize=4, label="median, 95% CI")
+    ax.axvline(5, color="#c44e52", linestyle="--", label="target: CI below +5%")
+    ax.axvline(0, color="#999999", linewidth=0.8)
+    ax.set_yticks([])
+    ax.set_ylim(-0.5, 0.7)
+    ax.set_xlabel("% wall time, plugin on vs off, same repetition")
+    ax.legend(loc="upper right", fontsize="small")
+    ax.set_title("5. Real ansible-runner run: paired difference")
+
+
+def _memory(figure: dict, ax) -> None:
+    data = figure["data"]
+    points = ("start", "warm", "half", "end", "flushed", "trimmed")
+    for key, colour in (("history_on", "#4c72b0"), ("history_off", "#dd8452")):
+        if key in data:
+            ax.plot(points, [data[key]["rss_kib"][p] / 1024 for p in points], marker="o", color=colour,
+                    label=key.replace("_", " "))
+    ax.set_ylabel("VmRSS MiB")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    ax.set_title(f"6. Memory over {data['calls']:,} event_handler calls")
+
+
+CHARTS = {"hotpath": _hotpath, "fanout": _fanout, "latency": _latency, "playbook": _playbook, "memory": _memory}
+
+
+def draw(report: dict, out_dir: Path) -> list[Path]:
+    """One PNG per figure the report holds (``<figure>.png`` in ``out_dir``); returns the paths written."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, chart in CHARTS.items():
+        figure = report["figures"].get(name)
+        if figure is None:
+            continue
+        fig, ax = plt.subplots(figsize=(8, 3.6), layout="constrained")
+        chart(figure, ax)
+        path = out_dir / f"{name}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+if __name__ == "__main__":
+    source = Path(sys.argv[1]) if len(sys.argv) > 1 else HERE / "results" / "latest.json"
+    target = Path(sys.argv[2]) if len(sys.argv) > 2 else source.parent
+    for path in draw(json.loads(source.read_text()), target):
+        print(path)
