@@ -9,6 +9,7 @@ Safe to run again: .venv is made once and reinstalled only when pyproject.toml c
 """
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -32,6 +33,22 @@ def ensure_venv() -> None:
         stamp.write_text(digest)
 
 
+def ensure_node_example() -> None:
+    """``npm ci`` in subscriber_examples/node (its lockfile pins zeromq v6, which ships prebuilt binaries),
+    again only when the lockfile changes; its test runs the example against a real run.  Without npm the
+    test says why it skips."""
+    example = ROOT / "subscriber_examples" / "node"
+    npm = shutil.which("npm")
+    if npm is None:
+        print("dev.py: npm not found: the Node.js example's test will be skipped", file=sys.stderr)
+        return
+    stamp = example / "node_modules" / ".installed"
+    digest = hashlib.sha256((example / "package-lock.json").read_bytes()).hexdigest()
+    if not stamp.exists() or stamp.read_text() != digest:
+        subprocess.check_call([npm, "ci", "--silent", "--no-audit", "--no-fund"], cwd=example)
+        stamp.write_text(digest)
+
+
 def main() -> None:
     command, args = (sys.argv[1], sys.argv[2:]) if len(sys.argv) > 1 else ("", [])
     if command not in ("demo", "test", "bench"):
@@ -41,6 +58,7 @@ def main() -> None:
     if command == "demo":
         argv = [str(VENV / "bin" / "zmq-emitter"), "demo", *args]
     elif command == "test":
+        ensure_node_example()
         argv = [str(PYTHON), "-m", "pytest", *args]
     else:
         argv = [str(PYTHON), str(ROOT / "benchmarks" / "run.py"), *args]

@@ -299,7 +299,7 @@ NODE_ZEROMQ = EXAMPLES / "node" / "node_modules" / "zeromq"
 
 
 @pytest.mark.skipif(not (NODE and NODE_ZEROMQ.is_dir()),
-                    reason="needs node and `npm install` in subscriber_examples/node (zeromq v6)")
+                    reason="needs node and npm (`python3 dev.py test` runs `npm ci` in subscriber_examples/node)")
 def test_node_example_receives_a_real_run(tmp_path, broker_process):
     lines, project, _ = _example_run(tmp_path, broker_process, [NODE, str(EXAMPLES / "node" / "subscribe.mjs")],
                                      "node-example")
