@@ -104,7 +104,7 @@ def handshake(sock: zmq.Socket, endpoint: str, timeout: float = 10.0) -> str:
 
 def publisher(endpoint: str, server_key: bytes = b"", pair: security.KeyPair | None = None) -> plugin.Publisher:
     """The plugin's own Publisher, configured as runner_zmq_* settings would configure it."""
-    return plugin.Publisher(Config(url=(endpoint,), curve_server_key=server_key, curve_secret_key_file=pair,
+    return plugin.Publisher(Config(url=(endpoint,), curve_server_key=server_key, curve_key_pair=pair,
                                    linger=0))
 
 
