@@ -56,10 +56,11 @@ def job_events(project: Path, ident: str) -> list[dict]:
     return [json.loads(f.read_text()) for f in ordered]
 
 
-def run_cli(project: Path, ident: str, env: dict, *extra: str, fail_host: str = "web2") -> subprocess.CompletedProcess:
-    """``ansible-runner run`` of the demo playbook in its own process."""
+def run_cli(project: Path, ident: str, env: dict, *extra: str, fail_host: str = "web2",
+            cmdline: str = "") -> subprocess.CompletedProcess:
+    """``ansible-runner run`` of the demo playbook in its own process (``cmdline``: more ansible-playbook options)."""
     return subprocess.run([str(BIN / "ansible-runner"), "run", str(project), "-p", "demo.yml", "--ident", ident,
-                           "--cmdline", f"-e fail_host={fail_host}", *extra],
+                           "--cmdline", f"-e fail_host={fail_host} {cmdline}".strip(), *extra],
                           env=env, capture_output=True, text=True, timeout=120)
 
 

@@ -446,6 +446,78 @@ def test_a_real_run_publishes_no_secret_of_its_environment_and_changes_nothing_e
     assert written_env["VAULT_PASSPHRASE"] == "vault-c0de" and written_env["HTTPS_PROXY"] == proxy
 
 
+def test_a_real_run_publishes_no_secret_of_its_command_line_extra_vars_and_changes_nothing_else(project, broker):
+    cmdline = ("-e 'db_password=\"pw 4b1d\" region=eu-west' --extra-vars='{\"vault\": {\"api_token\": \"tok-93ab\"}, "
+               "\"size\": 3}' -eMY_CUSTOM_THING=custom-5e5e -e '{aws_secret_access_key: aws-77c2}' "
+               "-e repo=https://deploy:pat-0f0f@git.example/x.git")
+    secrets = ["pw 4b1d", "tok-93ab", "custom-5e5e", "aws-77c2", "pat-0f0f"]
+    with Subscriber(broker.backend_endpoints) as sub:
+        settle()
+        env = runner_env(RUNNER_ZMQ_URL=broker.frontend_endpoints[0], RUNNER_ZMQ_REDACT_NAMES="custom_thing")
+        result = run_cli(project, "cmdline-run", env, cmdline=cmdline)
+        assert result.returncode == 2, result.stderr
+        messages = collect_run(sub, "cmdline-run")
+    starting = next(m for m in messages if m.name == "starting")
+    assert [s for s in secrets if s.encode() in starting.raw_payload] == []
+    command = starting.payload["command"]
+    assert command[:4] == ["ansible-playbook", "-e", "fail_host=web2", "-e"]
+    assert command[4:9] == [f"db_password={redact.REDACTED} region=eu-west",
+                            f'--extra-vars={{"vault": {{"api_token": "{redact.REDACTED}"}}, "size": 3}}',
+                            f"-eMY_CUSTOM_THING={redact.REDACTED}", "-e", redact.REDACTED]  # YAML: withheld whole
+    assert command[9:11] == ["-e", f"repo=https://{redact.REDACTED}@git.example/x.git"]
+    assert command[-1] == "demo.yml"
+    # ansible-playbook got the real values: ansible-runner's own record of the command is unchanged
+    written = json.loads((project / "artifacts" / "cmdline-run" / "command").read_text())["command"]
+    assert "db_password=\"pw 4b1d\" region=eu-west" in written and len(written) == len(command)
+    assert [m.payload for m in messages if m.kind == "event"] == job_events(project, "cmdline-run")
+
+
+R = redact.REDACTED
+
+
+@pytest.mark.parametrize("command, published", [
+    (["-e", "db_password=x user=me"], ["-e", f"db_password={R} user=me"]),
+    (["-e", "pass=1 api_token='a b' x=\"c d\""], ["-e", f"pass=1 api_token={R} x=\"c d\""]),
+    (["--extra-vars", "auth=1"], ["--extra-vars", f"auth={R}"]),
+    (["--extra-vars=auth=1"], [f"--extra-vars=auth={R}"]),
+    (["--extra", "auth=1"], ["--extra", f"auth={R}"]),                      # argparse's abbreviation
+    (["-eauth=1"], [f"-eauth={R}"]),                                       # value attached
+    (["-e=auth=1"], [f"-e=auth={R}"]),
+    (["-vvCe", "auth=1"], ["-vvCe", f"auth={R}"]),                          # after flags without a value
+    (["-a", "name=u password=x"], ["-a", f"name=u password={R}"]),          # ansible's module arguments
+    (["-e", '{"a": [{"Token": 1}], "b": 2}'], ["-e", f'{{"a": [{{"Token": "{R}"}}], "b": 2}}']),
+    (["-e", '{"b": 2}'], ["-e", '{"b": 2}']),                               # nothing secret: as it was
+    (["-e", "{db_password: x}"], ["-e", R]),                                # YAML: withheld whole
+    (["-e", "{region: eu}"], ["-e", "{region: eu}"]),
+    (["-e", 'x="unclosed db_password=x'], ["-e", R]),                       # cannot be split: withheld
+    (["-e", "@secrets.yml", "-e@vault_password.yml"], ["-e", "@secrets.yml", "-e@vault_password.yml"]),
+    (["-i", "https://me:pw@inv.example/x"], ["-i", f"https://{R}@inv.example/x"]),
+    (["-u", "keyholder", "-l", "password_hosts", "db_password=x"], ["-u", "keyholder", "-l", "password_hosts",
+                                                                    "db_password=x"]),  # not variables
+    (["-e"], ["-e"]),
+], ids=lambda value: " ".join(value) if isinstance(value, list) else None)
+def test_secret_looking_variables_of_the_command_line_are_redacted_in_each_form_ansible_accepts(command, published):
+    full = ["ansible-playbook", *command, "site.yml"]
+    before = list(full)
+    assert redact.redact_command(full) == ["ansible-playbook", *published, "site.yml"]
+    assert full == before
+
+
+def test_a_command_that_is_not_a_list_is_withheld_if_it_names_a_secret():
+    assert redact.redact_command("ansible-playbook -e db_password=x") == R
+    assert redact.redact_command("ansible-playbook site.yml") == "ansible-playbook site.yml"
+
+
+def test_with_redaction_off_the_command_line_is_published_as_it_was(project, broker):
+    with Subscriber(broker.backend_endpoints) as sub:
+        settle()
+        env = runner_env(RUNNER_ZMQ_URL=broker.frontend_endpoints[0], RUNNER_ZMQ_REDACT="false")
+        result = run_cli(project, "cmdline-plain", env, cmdline="-e db_password=hunter2", fail_host="none")
+        assert result.returncode == 0, result.stderr
+        messages = collect_run(sub, "cmdline-plain")
+    assert "db_password=hunter2" in next(m for m in messages if m.name == "starting").payload["command"]
+
+
 @pytest.mark.parametrize("settings, expected_env", [
     ({"runner_zmq_send_env": "false"}, None),
     ({"runner_zmq_redact": "false"}, {"API_KEY": "k-1", "LANG": "C"}),
@@ -454,7 +526,8 @@ def test_a_real_run_publishes_no_secret_of_its_environment_and_changes_nothing_e
 def test_redaction_settings_and_the_callers_dict_is_never_modified(broker, settings, expected_env):
     runner_config = types.SimpleNamespace(settings={"runner_zmq_url": broker.frontend_endpoints[0], **settings})
     env = {"API_KEY": "k-1", "LANG": "C"}
-    data = {"status": "starting", "runner_ident": "redact", "command": ["ansible-playbook"], "env": env, "cwd": "/"}
+    command = ["ansible-playbook", "-e", "api_key=k-2 lang=C", "-e", "@vars.yml", "site.yml"]
+    data = {"status": "starting", "runner_ident": "redact", "command": command, "env": env, "cwd": "/"}
     snapshot = json.loads(json.dumps(data))
     with Subscriber(broker.backend_endpoints) as sub:
         settle()
@@ -463,10 +536,12 @@ def test_redaction_settings_and_the_callers_dict_is_never_modified(broker, setti
         # hands it over (at a process's exit, atexit does the same).
         assert plugin._routes[id(runner_config)].publisher.flush(10)
         msg = sub.recv(timeout=10)
-    assert data == snapshot and data["env"] is env  # ansible-runner's dict, as it was
+    assert data == snapshot and data["env"] is env and data["command"] is command  # ansible-runner's dict, as it was
     assert msg is not None and msg.name == "starting"
     assert msg.payload.get("env") == expected_env
-    assert msg.payload["command"] == ["ansible-playbook"]
+    redacted = settings.get("runner_zmq_redact") != "false"
+    assert msg.payload["command"] == ["ansible-playbook", "-e", f"api_key={redact.REDACTED if redacted else 'k-2'} lang=C",
+                                      "-e", "@vars.yml", "site.yml"]
 
 
 # ---------------------------------------------------------------------------------------

@@ -176,7 +176,8 @@ SETTINGS = (
             "This runner's CURVE key pair (`zmq-emitter keygen`), for a broker that admits only listed keys.",
             field="curve_key_pair"),
     Setting("redact", _flag, True, "true, false",
-            "Replace secret-looking values in the `starting` status's env with <redacted>."),
+            "Replace secret-looking values in the `starting` status with `<redacted>`: in its env, and in the "
+            "extra variables (`-e`) of its command line (docs/security.md)."),
     Setting("redact_names", split_commas, (), "comma-separated name parts",
             "More parts of variable names to redact (case-insensitive), besides the built-in list."),
     Setting("send_env", _flag, True, "true, false",
