@@ -1,6 +1,8 @@
 """Settings: env/settings versus RUNNER_ZMQ_* precedence, inactivity, and every error's message."""
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
 from types import SimpleNamespace
 
 import ansible_runner
@@ -172,6 +174,32 @@ def test_values_at_the_edges_fail_the_ansible_runner_run_command_with_one_named_
     assert "OverflowError" not in result.stderr
     assert not (project / "artifacts" / "edge" / "job_events").exists() or \
         not any((project / "artifacts" / "edge" / "job_events").iterdir())
+
+
+# ---------------------------------------------------------------------------------------
+# The README's settings table is SETTINGS, row for row
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def settings_table_rows() -> list[str]:
+    return [f"| `{s.key}` / `{s.env}` | {s.accepts} | {s.shown_default} | {s.help} |" for s in SETTINGS]
+
+
+def test_the_readme_settings_table_lists_every_setting_as_config_py_defines_it():
+    lines = README.read_text().splitlines()
+    start = lines.index("| setting / environment variable | accepts | default | what it does |")
+    end = next(i for i in range(start, len(lines)) if not lines[i].startswith("|"))
+    rows = lines[start + 2:end]
+    expected = settings_table_rows()
+    assert rows == expected, "README.md's settings table differs from config.SETTINGS; the rows should be:\n" + \
+        "\n".join(expected)
+
+
+def test_every_setting_is_a_field_of_config_with_the_same_default():
+    fields = {f.name: f.default for f in dataclasses.fields(config.Config)}
+    assert [s.attribute for s in SETTINGS] == list(fields)
+    assert {s.attribute: s.default for s in SETTINGS} == fields
 
 
 def test_config_error_is_the_packages_exported_error():

@@ -152,7 +152,7 @@ class Setting:
         return self.key.upper()
 
 
-# The single list of settings; the README's settings table is written from it.
+# The single list of settings; the README's settings table must match it row for row (tests/test_config.py).
 SETTINGS = (
     Setting("url", _endpoints(bind=False), (), "comma-separated tcp://HOST:PORT or ipc://PATH",
             "Endpoints to connect the PUB socket to, normally a broker's frontend "
