@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import ansible_runner
 import pytest
-from conftest import collect_run, run_cli, runner_env, settle
+from conftest import collect_run, run_cli, runner_env, wait_subscribed
 
 import zmq_emitter
 from zmq_emitter.runner import config
@@ -224,7 +224,7 @@ def test_unconfigured_plugin_creates_no_socket_and_the_run_succeeds(project, inp
 def test_settings_file_configures_a_real_run(project, broker, inprocess_env, fresh_plugin):
     write_settings(project, url=broker.frontend_endpoints[0], codec="msgpack")
     with Subscriber(broker.backend_endpoints) as sub:
-        settle()
+        wait_subscribed(broker.frontend_endpoints[0], sub)
         result = ansible_runner.run(private_data_dir=str(project), playbook="demo.yml", ident="from-file",
                                     extravars={"fail_host": "none"}, quiet=True)
         messages = collect_run(sub, "from-file")
@@ -241,7 +241,8 @@ def test_environment_wins_over_the_settings_file_in_a_real_run(project, broker, 
         write_settings(project, url=file_broker.frontend_endpoints[0], codec="msgpack")
         inprocess_env.setenv("RUNNER_ZMQ_URL", broker.frontend_endpoints[0])
         with Subscriber(broker.backend_endpoints) as env_sub, Subscriber(file_broker.backend_endpoints) as file_sub:
-            settle()
+            wait_subscribed(broker.frontend_endpoints[0], env_sub)
+            wait_subscribed(file_broker.frontend_endpoints[0], file_sub)
             result = ansible_runner.run(private_data_dir=str(project), playbook="demo.yml", ident="env-wins",
                                         extravars={"fail_host": "none"}, quiet=True)
             messages = collect_run(env_sub, "env-wins")
