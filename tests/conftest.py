@@ -1,17 +1,29 @@
-"""Shared fixtures: real brokers (threads or processes), real ansible-runner projects, real subscribers."""
+"""Shared fixtures and helpers: real brokers (threads or processes), real ansible-runner projects, real
+subscribers, and ways to wait for a condition instead of sleeping.
+
+One place each: ``BrokerProcess`` (a ``zmq-emitter broker`` process), ``RawPublisher`` (a plain PUB
+sending protocol frames), ``until_flowing``/``wait_subscribed`` (the slow joiner, waited out),
+``receive``, ``wait_connected``, ``wait_until``, ``rss_mib``.
+"""
 from __future__ import annotations
 
 import json
 import os
+import re
+import secrets
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Callable, Iterable
 
 import pytest
+import zmq
 
+from zmq_emitter import protocol
 from zmq_emitter.broker import Broker
 from zmq_emitter.demo import PROJECT
 from zmq_emitter.consumers.subscriber import Subscriber
@@ -56,10 +68,11 @@ def job_events(project: Path, ident: str) -> list[dict]:
     return [json.loads(f.read_text()) for f in ordered]
 
 
-def run_cli(project: Path, ident: str, env: dict, *extra: str, fail_host: str = "web2") -> subprocess.CompletedProcess:
-    """``ansible-runner run`` of the demo playbook in its own process."""
+def run_cli(project: Path, ident: str, env: dict, *extra: str, fail_host: str = "web2",
+            cmdline: str = "") -> subprocess.CompletedProcess:
+    """``ansible-runner run`` of the demo playbook in its own process (``cmdline``: more ansible-playbook options)."""
     return subprocess.run([str(BIN / "ansible-runner"), "run", str(project), "-p", "demo.yml", "--ident", ident,
-                           "--cmdline", f"-e fail_host={fail_host}", *extra],
+                           "--cmdline", f"-e fail_host={fail_host} {cmdline}".strip(), *extra],
                           env=env, capture_output=True, text=True, timeout=120)
 
 
@@ -92,13 +105,174 @@ def wait_recorded(history: str, publisher: str, seq: int, timeout: float = 30.0)
     raise AssertionError(f"the history did not record {publisher} up to seq {seq} within {timeout}s")
 
 
-def settle(seconds: float = 0.3) -> None:
-    """Give a fresh SUB time to connect and its subscription time to reach the broker.
+def wait_until(predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.02,
+               message: str = "condition") -> None:
+    """Poll ``predicate`` until it is true; AssertionError naming ``message`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{message}: not within {timeout}s")
+        time.sleep(interval)
 
-    A SUB's connect is asynchronous; what a broker forwards before the subscription has
-    arrived is not for that SUB (ZeroMQ's slow joiner, subscriber side).
+
+def wait_run_recorded(history: str, ident: str, timeout: float = 30.0) -> None:
+    """Until the broker's history (endpoint ``history``) has recorded run ``ident`` up to its final status."""
+    with Subscriber([], history=history) as asker:
+        wait_until(lambda: any(run["ident"] == ident and run["status"] in FINAL_STATUSES for run in asker.runs()),
+                   timeout, 0.05, f"the history did not record run {ident} to its final status")
+
+
+# ---------------------------------------------------------------------------------------
+# The slow joiner, waited out: a SUB's connect and subscription are asynchronous, and what a
+# broker forwards before a subscription has arrived is not for that SUB.  Probes show the
+# path is up; they are on run PROBE (tests' own runs never use it), each prober numbering
+# them as a publisher of its own.
+
+PROBE = "probe"
+
+
+def _probe_arrived(sub, ident: str, timeout: float) -> bool:
+    if isinstance(sub, zmq.Socket):  # a plain SUB socket
+        return bool(sub.poll(int(timeout * 1000))) and f"/{ident}/".encode() in sub.recv_multipart()[0]
+    msg = sub.recv(timeout=timeout)
+    return msg is not None and msg.ident == ident
+
+
+def until_flowing(subs: Iterable, send_probe: Callable[[], object], ident: str = PROBE,
+                  timeout: float = 30.0) -> None:
+    """Call ``send_probe()`` (which publishes one message of run ``ident``) until each of ``subs`` (Subscriber
+    objects or plain SUB sockets) received one, then drain the probes still in flight: the path from that
+    publisher through the broker to each subscriber is up.  Call it before anything else is published."""
+    subs = list(subs)
+    waiting, deadline = list(subs), time.monotonic() + timeout
+    while waiting:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no probe reached {len(waiting)} of {len(subs)} subscribers within {timeout}s")
+        send_probe()
+        waiting = [sub for sub in waiting if not _probe_arrived(sub, ident, 0.05)]
+    for sub in subs:
+        while _probe_arrived(sub, ident, 0.2):
+            pass
+
+
+def wait_subscribed(frontend: str, *subs, ident: str = PROBE, timeout: float = 30.0) -> str:
+    """Until the subscriptions of ``subs`` are in place at the broker whose frontend is ``frontend``
+    (probes from a publisher of their own, see ``until_flowing``); that publisher's id."""
+    with RawPublisher(frontend) as prober:
+        prober.until_received(*subs, ident=ident, timeout=timeout)
+        return prober.probe_pub
+
+
+def wait_upstream(frontend: str, *topics: str, timeout: float = 30.0) -> None:
+    """Until the broker whose frontend is ``frontend`` passes subscriptions to each of ``topics`` upstream, as a
+    runner's XPUB sees them: subscribers anywhere (other processes too) have subscribed to them.
+
+    The broker passes on only the first subscription to a topic: for topics no other subscriber has.
     """
-    time.sleep(seconds)
+    context = zmq.Context()
+    watcher = context.socket(zmq.XPUB)
+    watcher.setsockopt(zmq.XPUB_VERBOSE, 1)
+    watcher.connect(frontend)
+    try:
+        wanted, seen, deadline = {b"\x01" + t.encode() for t in topics}, set(), time.monotonic() + timeout
+        while not wanted <= seen:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not watcher.poll(remaining * 1000):
+                raise AssertionError(f"subscriptions not passed upstream within {timeout}s: {wanted - seen}")
+            seen.add(watcher.recv())
+    finally:
+        context.destroy(linger=0)
+
+
+def wait_connected(endpoint: str, count: int, timeout: float = 30.0) -> None:
+    """Until ``count`` peers are connected to the ipc:// endpoint a broker bound (Linux's /proc/net/unix).
+
+    For subscribers in other processes (``zmq-emitter tail``, the examples), which a probe cannot
+    ask: a SUB sends its subscription as soon as its connection is up, long before an
+    ``ansible-runner run`` started afterwards publishes its first message.
+    """
+    path = endpoint.removeprefix("ipc://")
+
+    def connected() -> int:
+        with open("/proc/net/unix") as table:  # Num RefCount Protocol Flags Type St Inode Path; St 03: connected
+            return sum(1 for line in table if line.split()[-1] == path and line.split()[5] == "03")
+
+    wait_until(lambda: connected() >= count, timeout, 0.02, f"{count} peers connected to {endpoint}")
+
+
+def receive(sub: Subscriber, count: int, ident: str | None = None, timeout: float = 10.0) -> list[protocol.Message]:
+    """Up to ``count`` status and event messages (of run ``ident``, if given), leaving out probes and
+    publishers' closing reports; fewer if they do not come within ``timeout`` seconds."""
+    messages, deadline = [], time.monotonic() + timeout
+    while len(messages) < count and time.monotonic() < deadline:
+        msg = sub.recv(timeout=0.2)
+        if msg is not None and msg.kind != "publisher" and msg.ident != PROBE and ident in (None, msg.ident):
+            messages.append(msg)
+    return messages
+
+
+class RawPublisher:
+    """A plain PUB socket sending protocol frames (or any frames), so that a test knows exactly what went in.
+
+    ``send`` numbers its messages as publisher ``pub_id``; ``frames`` builds any message (another
+    publisher, another seq, another codec) for ``send_frames``; ``until_received`` probes until
+    this socket's path to the given subscribers is up.
+    """
+
+    def __init__(self, endpoint: str, pub_id: str = "feedfacecafebeef", *, context: zmq.Context | None = None,
+                 linger: int = 1000):
+        self._own_context = context is None
+        self.context = context or zmq.Context()
+        self.sock = self.context.socket(zmq.PUB)
+        self.sock.setsockopt(zmq.LINGER, linger)
+        self.sock.connect(endpoint)
+        self.pub_id, self.seq = pub_id, 0
+        self.probe_pub, self._probes = secrets.token_hex(8), 0  # never a test's publisher
+
+    def frames(self, ident: str, name: str, payload, *, pub: str | None = None, seq: int | None = None,
+               codec: str = "json", kind: str = "event") -> list[bytes]:
+        if seq is None:
+            self.seq += 1
+            seq = self.seq
+        header = protocol.header_prefix(codec, pub or self.pub_id) + b"%d}" % seq
+        return [protocol.topic(kind, ident, name), header, protocol.ENCODERS[codec](payload)]
+
+    def send(self, ident: str, name: str, payload, **options) -> list[bytes]:
+        frames = self.frames(ident, name, payload, **options)
+        self.sock.send_multipart(frames)
+        return frames
+
+    def send_frames(self, frames: list[bytes]) -> None:
+        self.sock.send_multipart(frames)
+
+    def until_received(self, *subs, ident: str = PROBE, timeout: float = 30.0) -> None:
+        """Probe (on run ``ident``, as a publisher of its own) until each of ``subs`` got one (``until_flowing``)."""
+        def probe():
+            self._probes += 1
+            self.send(ident, "probe", {"probe": True}, pub=self.probe_pub, seq=self._probes)
+        until_flowing(subs, probe, ident, timeout)
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+        if self._own_context:
+            self.context.term()
+
+    def __enter__(self) -> "RawPublisher":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def rss_mib(pid: int) -> float | None:
+    """The resident memory of process ``pid`` in MiB; None if it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
 
 
 @pytest.fixture
@@ -112,7 +286,13 @@ def broker(tmp_path):
 
 
 class BrokerProcess:
-    """``zmq-emitter broker`` as a real process."""
+    """``zmq-emitter broker`` as a real process.
+
+    ``frontend``, ``backend`` and ``history`` are the endpoints it bound (a tcp port 0 becomes the
+    port the OS chose); ``log`` collects its stderr lines as they come (read by a thread, so
+    that a chatty broker never blocks on a full pipe); ``kill``/``start`` restart it on the
+    same endpoints.
+    """
 
     def __init__(self, frontend: str, backend: str, *args: str, history: str | None = None):
         self.frontend, self.backend, self.args = frontend, backend, args
@@ -120,6 +300,7 @@ class BrokerProcess:
             history = frontend.rsplit("/", 1)[0] + "/history" if frontend.startswith("ipc://") else "none"
         self.history = history
         self.proc: subprocess.Popen | None = None
+        self.log: list[str] = []
         self.start()
 
     def start(self) -> None:
@@ -128,6 +309,25 @@ class BrokerProcess:
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         line = self.proc.stderr.readline()
         assert "zmq-emitter broker:" in line, f"broker did not start: {line}{self.proc.stderr.read()}"
+        self.start_line = line
+        self.log.append(line)
+        bound = {label: re.search(re.escape(label) + r" ([^;,]+)", line) for label in
+                 ("runners publish to", "subscribers connect to", "history at")}
+        self.frontend, self.backend = bound["runners publish to"][1].strip(), bound["subscribers connect to"][1].strip()
+        if self.history != "none":
+            self.history = bound["history at"][1].strip()
+        self._reader = threading.Thread(target=lambda proc=self.proc: self.log.extend(proc.stderr), daemon=True)
+        self._reader.start()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stderr(self) -> str:
+        """What the process wrote to stderr so far (all of it, once it has exited)."""
+        if self.proc.poll() is not None:
+            self._reader.join(10)
+        return "".join(self.log)
 
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)

@@ -11,7 +11,9 @@ Each prints JSON lines on stdout::
     python tests/streams.py churn BACKEND HISTORY SUBSCRIBERS PUBLISHERS SEED STEADY
         SUBSCRIBERS Subscribers (with gap recovery from HISTORY) in one thread; all but the first
         STEADY disconnect and reconnect at random once they have seen PUBLISHERS publishers.
-        Prints {"ready": true}; then, on the stdin line `finish {"<publisher>": last_seq, ...}`,
+        Prints {"ready": true} once each subscriber has received a probe (a message of run
+        "probe", which the test sends meanwhile; probes count nowhere else); then, on the
+        stdin line `finish {"<publisher>": last_seq, ...}`,
         reconnects any that are offline, catches each up to those seqs, and prints one line per
         subscriber: what it delivered (per publisher, runs of consecutive seqs in arrival order),
         what it reported lost, its counts and the times it was offline (time.monotonic).
@@ -75,6 +77,8 @@ class Churning:
     next_churn: float = 0.0
 
     def note(self, msg) -> None:
+        if msg.ident == PROBE:
+            return
         runs = self.delivered.setdefault(msg.publisher, [])
         if runs and runs[-1][1] + 1 == msg.seq:
             runs[-1][1] = msg.seq
@@ -85,10 +89,17 @@ class Churning:
         while (msg := self.sub.recv(timeout=0)) is not None:
             self.note(msg)
 
+    def publishers_seen(self) -> int:
+        return len(set(self.sub.tracker.last_seq) - probers)
+
     def summary(self) -> dict:
         return {"steady": self.steady, "delivered": self.delivered, "offline": self.offline,
-                "lost": [[g.publisher, g.first, g.last] for g in self.sub.gaps],
+                "lost": [[g.publisher, g.first, g.last] for g in self.sub.gaps if g.publisher not in probers],
                 "counts": dataclasses.asdict(self.sub.counts)}
+
+
+PROBE = "probe"
+probers: set[str] = set()  # the publishers of probes
 
 
 def churn(backend: str, history: str, subscribers: str, publishers: str, seed: str, steady: str) -> None:
@@ -103,6 +114,13 @@ def churn(backend: str, history: str, subscribers: str, publishers: str, seed: s
         poller.register(member.sub.socket, zmq.POLLIN)
         owner[member.sub.socket] = member
     poller.register(sys.stdin.fileno(), zmq.POLLIN)
+    waiting = list(members)  # until each subscription is at the broker: none misses a publisher's first message
+    while waiting:
+        for member in list(waiting):
+            msg = member.sub.recv(timeout=0.01)
+            if msg is not None and msg.ident == PROBE:
+                probers.add(msg.publisher)
+                waiting.remove(member)
     answer({"ready": True})
 
     def go_online(member: Churning, now: float) -> None:
@@ -122,7 +140,7 @@ def churn(backend: str, history: str, subscribers: str, publishers: str, seed: s
                 if now >= member.back_at:
                     go_online(member, now)
             elif (not member.steady and now >= member.next_churn
-                  and len(member.sub.tracker.last_seq) >= int(publishers)):
+                  and member.publishers_seen() >= int(publishers)):
                 poller.unregister(member.sub.socket)
                 del owner[member.sub.socket]
                 member.sub.disconnect()

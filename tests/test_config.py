@@ -1,9 +1,13 @@
 """Settings: env/settings versus RUNNER_ZMQ_* precedence, inactivity, and every error's message."""
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+from types import SimpleNamespace
+
 import ansible_runner
 import pytest
-from conftest import collect_run, run_cli, runner_env, settle
+from conftest import collect_run, run_cli, runner_env, wait_subscribed
 
 import zmq_emitter
 from zmq_emitter.runner import config
@@ -74,8 +78,16 @@ BAD_VALUES = [
     ("bind", "udp://127.0.0.1:1", "tcp:// or ipc://"),
     ("bind", "tcp://127.0.0.1:99999", "between 1 and 65535"),
     ("bind", "ipc://", "needs a path"),
+    ("url", " , ", "names no endpoint"),  # not silently off: a mistake, named
+    ("bind", ",", "names no endpoint"),
     ("codec", "xml", "json, msgpack"),
     ("codec", "", "json, msgpack"),
+    # libzmq's socket options are C ints: the setting's error, never pyzmq's OverflowError
+    ("sndhwm", "99999999999999999999", "from 0 to 2147483647"),
+    ("sndhwm", "2147483648", "from 0 to 2147483647"),
+    ("linger", "99999999999", "0 to 2147483647"),
+    ("buffer_messages", "0", "1 or more"),  # a buffer of none would lose the first message of every process
+    ("buffer_bytes", "0", "1 or more"),
 ] + [(name, value, "whole number" if name != "linger" else "milliseconds")
      for name in ("sndhwm", "linger", "buffer_messages", "buffer_bytes")
      for value in ("-1", "ten", "1.5", "")]
@@ -98,12 +110,96 @@ def test_bad_value_raises_config_error_naming_setting_value_and_what_is_accepted
     assert f"accepted: {setting.accepts}" in message
 
 
-@pytest.mark.parametrize("name", ["sndhwm", "linger", "buffer_messages", "buffer_bytes"])
-def test_numbers_from_the_settings_file_are_checked_too(name):
-    for bad in (-5, True, 2.5, [1]):
+@pytest.mark.parametrize("name, least, most", [("sndhwm", 0, 2**31 - 1), ("linger", 0, 2**31 - 1),
+                                               ("buffer_messages", 1, None), ("buffer_bytes", 1, None)])
+def test_numbers_from_the_settings_file_are_checked_too(name, least, most):
+    for bad in (-5, True, 2.5, [1], least - 1) + ((most + 1, 10**20) if most else ()):
         with pytest.raises(zmq_emitter.ConfigError, match=f"runner_zmq_{name}"):
             load({f"runner_zmq_{name}": bad}, environ={})
-    assert getattr(load({f"runner_zmq_{name}": 0}, environ={}), name) == 0
+    for good in (least, most or 10**20):
+        assert getattr(load({f"runner_zmq_{name}": good}, environ={}), name) == good
+
+
+@pytest.mark.parametrize("value", ["", "  ", []])
+def test_an_empty_url_is_not_set_and_leaves_the_plugin_off(value):
+    assert load({}, environ={"RUNNER_ZMQ_URL": value} if isinstance(value, str) else {}).active is False
+    assert load({"runner_zmq_url": value}, environ={}).active is False
+
+
+# What the handlers do with them: the named setting's ConfigError at the first call, before any socket
+EDGE_SETTINGS = [
+    ({"RUNNER_ZMQ_SNDHWM": "99999999999999999999"}, "RUNNER_ZMQ_SNDHWM: '99999999999999999999' is out of range"),
+    ({"RUNNER_ZMQ_LINGER": "99999999999"}, "RUNNER_ZMQ_LINGER: '99999999999' is out of range"),
+    ({"RUNNER_ZMQ_BUFFER_MESSAGES": "0"}, "RUNNER_ZMQ_BUFFER_MESSAGES: '0' is out of range"),
+    ({"RUNNER_ZMQ_URL": " , "}, "RUNNER_ZMQ_URL: ' , ' names no endpoint"),
+]
+
+
+@pytest.mark.parametrize("environ, says", EDGE_SETTINGS, ids=[next(iter(e)) for e, _ in EDGE_SETTINGS])
+def test_the_handlers_raise_the_named_settings_error_for_values_at_the_edges(
+        environ, says, tmp_path, inprocess_env, fresh_plugin):
+    inprocess_env.setenv("RUNNER_ZMQ_URL", f"ipc://{tmp_path}/nobody")
+    for name, value in environ.items():
+        inprocess_env.setenv(name, value)
+    runner_config = SimpleNamespace(settings={})
+    for handler, data in [(zmq_emitter.status_handler, {"status": "starting", "runner_ident": "edge"}),
+                          (zmq_emitter.event_handler, {"event": "playbook_on_start", "runner_ident": "edge"})]:
+        with pytest.raises(zmq_emitter.ConfigError) as info:
+            handler(runner_config, data)
+        message = str(info.value)
+        assert message.startswith(f"zmq_emitter: environment variable {says}") and "; accepted: " in message
+    assert fresh_plugin._publishers == {}
+
+
+def test_a_settings_file_number_beyond_what_libzmq_takes_fails_the_run_with_the_settings_error(
+        project, tmp_path, inprocess_env, fresh_plugin):
+    write_settings(project, url=f"ipc://{tmp_path}/nobody", linger=99999999999)  # YAML: an int, not a string
+    with pytest.raises(zmq_emitter.ConfigError, match=r"setting runner_zmq_linger \(env/settings\): "
+                                                      r"99999999999 is out of range; accepted: milliseconds"):
+        ansible_runner.run(private_data_dir=str(project), playbook="demo.yml", ident="edge-file", quiet=True)
+    assert fresh_plugin._publishers == {}
+
+
+@pytest.mark.parametrize("environ, says", EDGE_SETTINGS, ids=[next(iter(e)) for e, _ in EDGE_SETTINGS])
+def test_values_at_the_edges_fail_the_ansible_runner_run_command_with_one_named_error_line(
+        environ, says, project, tmp_path):
+    env = runner_env(**{"RUNNER_ZMQ_URL": f"ipc://{tmp_path}/nobody", **environ})
+    result = run_cli(project, "edge", env)
+    assert result.returncode != 0
+    # ansible-runner ends its traceback with the exception's line: that line is the whole message
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"zmq_emitter.runner.config.ConfigError: zmq_emitter: environment variable {says}"), \
+        result.stderr
+    assert "; accepted: " in last
+    assert "OverflowError" not in result.stderr
+    assert not (project / "artifacts" / "edge" / "job_events").exists() or \
+        not any((project / "artifacts" / "edge" / "job_events").iterdir())
+
+
+# ---------------------------------------------------------------------------------------
+# The README's settings table is SETTINGS, row for row
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def settings_table_rows() -> list[str]:
+    return [f"| `{s.key}` / `{s.env}` | {s.accepts} | {s.shown_default} | {s.help} |" for s in SETTINGS]
+
+
+def test_the_readme_settings_table_lists_every_setting_as_config_py_defines_it():
+    lines = README.read_text().splitlines()
+    start = lines.index("| setting / environment variable | accepts | default | what it does |")
+    end = next(i for i in range(start, len(lines)) if not lines[i].startswith("|"))
+    rows = lines[start + 2:end]
+    expected = settings_table_rows()
+    assert rows == expected, "README.md's settings table differs from config.SETTINGS; the rows should be:\n" + \
+        "\n".join(expected)
+
+
+def test_every_setting_is_a_field_of_config_with_the_same_default():
+    fields = {f.name: f.default for f in dataclasses.fields(config.Config)}
+    assert [s.attribute for s in SETTINGS] == list(fields)
+    assert {s.attribute: s.default for s in SETTINGS} == fields
 
 
 def test_config_error_is_the_packages_exported_error():
@@ -128,7 +224,7 @@ def test_unconfigured_plugin_creates_no_socket_and_the_run_succeeds(project, inp
 def test_settings_file_configures_a_real_run(project, broker, inprocess_env, fresh_plugin):
     write_settings(project, url=broker.frontend_endpoints[0], codec="msgpack")
     with Subscriber(broker.backend_endpoints) as sub:
-        settle()
+        wait_subscribed(broker.frontend_endpoints[0], sub)
         result = ansible_runner.run(private_data_dir=str(project), playbook="demo.yml", ident="from-file",
                                     extravars={"fail_host": "none"}, quiet=True)
         messages = collect_run(sub, "from-file")
@@ -145,7 +241,8 @@ def test_environment_wins_over_the_settings_file_in_a_real_run(project, broker, 
         write_settings(project, url=file_broker.frontend_endpoints[0], codec="msgpack")
         inprocess_env.setenv("RUNNER_ZMQ_URL", broker.frontend_endpoints[0])
         with Subscriber(broker.backend_endpoints) as env_sub, Subscriber(file_broker.backend_endpoints) as file_sub:
-            settle()
+            wait_subscribed(broker.frontend_endpoints[0], env_sub)
+            wait_subscribed(file_broker.frontend_endpoints[0], file_sub)
             result = ansible_runner.run(private_data_dir=str(project), playbook="demo.yml", ident="env-wins",
                                         extravars={"fail_host": "none"}, quiet=True)
             messages = collect_run(env_sub, "env-wins")

@@ -6,18 +6,18 @@ survive any bytes.  What is capped where: docs/security.md, "Hostile input".
 """
 from __future__ import annotations
 
-import io
 import socket
 import struct
 import subprocess
-import threading
 import time
 
+import msgpack
+import orjson
 import pytest
 import zmq
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from conftest import BIN
+from conftest import BIN, BrokerProcess, rss_mib
 
 from zmq_emitter import protocol, security
 from zmq_emitter.consumers import tail
@@ -85,14 +85,28 @@ def test_decode_raises_only_protocol_error_and_the_tracker_never_raises(frames):
     assert (Tracker(on_invalid=lambda *_: None).accept(frames) is None) is (msg is None)
 
 
+def codec_payloads(codec: str):
+    """Arbitrary bytes, and the codec's own encoding of arbitrary values (so that both outcomes are common)."""
+    return st.binary(max_size=200) | json_values.map(protocol.ENCODERS[codec])
+
+
 @FUZZ
-@given(st.sampled_from(protocol.CODECS), st.binary(max_size=200))
-def test_both_codecs_reject_arbitrary_payload_bytes_with_protocol_error_only(codec, payload):
+@given(st.data())
+def test_both_codecs_reject_arbitrary_payload_bytes_with_protocol_error_only(data):
+    """decode accepts exactly the payloads its codec's library decodes, and gives exactly what that decoded;
+    every other payload is a ProtocolError that names the codec."""
+    codec = data.draw(st.sampled_from(protocol.CODECS))
+    payload = data.draw(codec_payloads(codec))
     frames = [b"event/r/x", protocol.header_prefix(codec, "p") + b"1}", payload]
     try:
-        protocol.decode(frames)
-    except protocol.ProtocolError:
-        pass
+        expected = orjson.loads(payload) if codec == "json" else msgpack.unpackb(payload, raw=False,
+                                                                                 strict_map_key=False)
+    except Exception:  # the library's own errors: orjson.JSONDecodeError, msgpack's several
+        with pytest.raises(protocol.ProtocolError, match=f"payload is not valid {codec}"):
+            protocol.decode(frames)
+        return
+    msg = protocol.decode(frames)
+    assert (msg.codec, msg.raw_payload, msg.payload) == (codec, payload, expected)
 
 
 @FUZZ
@@ -109,32 +123,17 @@ def test_tail_formats_any_decodable_message_without_raising(codec, kind, payload
 # A real broker process under hostile publishers
 
 
-def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
-
-
 MAX_MESSAGE_SIZE = 64 * 1024
 
 
 @pytest.fixture
 def hostile_broker(tmp_path):
     """`zmq-emitter broker` with a small message size cap; tcp frontend (raw sockets reach it)."""
-    proc = subprocess.Popen([str(BIN / "zmq-emitter"), "broker", "--frontend", "tcp://127.0.0.1:0",
-                             "--backend", f"ipc://{tmp_path}/backend", "--history", f"ipc://{tmp_path}/history",
-                             "--startup-grace", "0", "--max-message-size", str(MAX_MESSAGE_SIZE)],
-                            stderr=subprocess.PIPE, text=True)
-    line = proc.stderr.readline()
-    assert "runners publish to tcp://127.0.0.1:" in line, line
-    proc.frontend = line.split("runners publish to ")[1].split(";")[0].split(",")[0].strip()
-    proc.backend = f"ipc://{tmp_path}/backend"
-    proc.log = []  # drained, so that a chatty broker never blocks on a full pipe
-    drain = threading.Thread(target=lambda: proc.log.extend(proc.stderr), daemon=True)
-    drain.start()
-    yield proc
-    proc.terminate()
-    proc.wait(10)
-    drain.join(5)
+    broker = BrokerProcess("tcp://127.0.0.1:0", f"ipc://{tmp_path}/backend", "--startup-grace", "0",
+                           "--max-message-size", str(MAX_MESSAGE_SIZE), history=f"ipc://{tmp_path}/history")
+    assert broker.frontend.startswith("tcp://127.0.0.1:") and not broker.frontend.endswith(":0")
+    yield broker
+    broker.stop()
 
 
 def connected_publisher(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
@@ -199,7 +198,7 @@ def test_broker_survives_thousands_of_random_multipart_messages_and_keeps_servin
         send()
         fuzzer.close(linger=0)
         assert len(sent) >= 2000
-        assert hostile_broker.poll() is None, "broker died: " + "".join(hostile_broker.log[-20:])
+        assert hostile_broker.proc.poll() is None, "broker died: " + "".join(hostile_broker.log[-20:])
         assert good_messages_flow(ctx, hostile_broker, 200) == list(range(200))
         assert rss_mib(hostile_broker.pid) < baseline + 100, (baseline, rss_mib(hostile_broker.pid))
         assert watcher.counts.invalid > 0  # garbage did reach subscribers, and they survived it
@@ -236,7 +235,7 @@ def test_broker_survives_raw_tcp_garbage_and_a_flood_and_keeps_serving(hostile_b
             flooder.send_multipart([b"status/flood/x", b"junk", b"x" * (i % 500)])
         assert good_messages_flow(ctx, hostile_broker, 500) == list(range(500))
         flooder.close(linger=0)
-        assert hostile_broker.poll() is None
+        assert hostile_broker.proc.poll() is None
         assert rss_mib(hostile_broker.pid) < baseline + 150, (baseline, rss_mib(hostile_broker.pid))
     finally:
         ctx.destroy(linger=0)  # also closes what an assertion left open
@@ -247,14 +246,12 @@ def test_a_curve_broker_cuts_an_unauthenticated_peer_before_it_can_buffer_anythi
     keys = tmp_path / "keys"
     security.generate_keys(keys, "broker")
     (tmp_path / "publishers").mkdir()
-    proc = subprocess.Popen([str(BIN / "zmq-emitter"), "broker", "--frontend", "tcp://127.0.0.1:0",
-                             "--backend", f"ipc://{tmp_path}/b", "--history", "none", "--startup-grace", "0",
-                             "--curve-secret-key-file", str(keys / "broker.key_secret"),
-                             "--publisher-keys", str(tmp_path / "publishers")], stderr=subprocess.PIPE, text=True)
+    broker = BrokerProcess("tcp://127.0.0.1:0", f"ipc://{tmp_path}/b", "--startup-grace", "0",
+                           "--curve-secret-key-file", str(keys / "broker.key_secret"),
+                           "--publisher-keys", str(tmp_path / "publishers"), history="none")
     try:
-        line = proc.stderr.readline()
-        port = int(line.split("tcp://127.0.0.1:")[1].split(";")[0])
-        baseline = rss_mib(proc.pid)
+        port = int(broker.frontend.rsplit(":", 1)[1])
+        baseline = rss_mib(broker.pid)
         greeting = b"\xff" + b"\0" * 8 + b"\x7f\x03\x00" + b"NULL".ljust(20, b"\0") + b"\0" * 32
         ready = b"\x05READY\x0bSocket-Type" + struct.pack(">I", 3) + b"PUB"
         unfinished_frame = b"\x01\xff" + b"x" * 255  # MORE set: the message never ends
@@ -268,8 +265,7 @@ def test_a_curve_broker_cuts_an_unauthenticated_peer_before_it_can_buffer_anythi
             except OSError:  # reset or broken pipe: the broker closed the connection
                 cut = True
         assert cut, f"the broker took {sent} bytes from a peer with the wrong mechanism"
-        assert proc.poll() is None
-        assert rss_mib(proc.pid) < baseline + 20
+        assert broker.proc.poll() is None
+        assert rss_mib(broker.pid) < baseline + 20
     finally:
-        proc.terminate()
-        proc.wait(10)
+        broker.stop()

@@ -1,7 +1,7 @@
 """The broker's history: bounded, honest about what it forgot, served over REQ/REP, acknowledged upstream."""
 import zmq
 
-from conftest import collect_run, job_events, run_cli, runner_env, settle
+from conftest import collect_run, job_events, run_cli, runner_env, wait_subscribed
 
 from zmq_emitter import protocol
 from zmq_emitter.broker.history import History
@@ -50,7 +50,7 @@ def test_history_answers_a_malformed_request_with_an_error_not_an_exception():
 
 def test_broker_serves_a_real_runs_history_and_acknowledges_the_publisher(project, broker):
     with Subscriber(broker.backend_endpoints) as sub:
-        settle()
+        wait_subscribed(broker.frontend_endpoints[0], sub)
         result = run_cli(project, "hist", runner_env(RUNNER_ZMQ_URL=broker.frontend_endpoints[0]))
         live = collect_run(sub, "hist")
     # No "sent but never acknowledged" line: the broker acknowledged everything before exit.

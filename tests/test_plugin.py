@@ -17,6 +17,7 @@ from types import SimpleNamespace
 
 import pytest
 import zmq
+from conftest import receive, wait_subscribed, wait_until
 
 from zmq_emitter.runner import plugin
 from zmq_emitter import protocol
@@ -47,16 +48,6 @@ def flush(plugin_module) -> None:
         assert publisher.flush(5), "no subscription reached the publisher"
 
 
-def receive(sub: Subscriber, count: int, timeout: float = 10.0) -> list:
-    """Up to ``count`` status and event messages (not publishers' closing reports)."""
-    messages, deadline = [], time.monotonic() + timeout
-    while len(messages) < count and time.monotonic() < deadline:
-        msg = sub.recv(timeout=0.2)
-        if msg is not None and msg.kind in ("status", "event"):
-            messages.append(msg)
-    return messages
-
-
 # ---------------------------------------------------------------------------------------
 # Threads
 
@@ -67,7 +58,7 @@ def test_threads_publishing_at_once_through_one_publisher_never_interleave_or_sk
     context = zmq.Context()
     sub = raw_sub(broker.backend_endpoints[0], context)
     try:
-        time.sleep(0.3)  # the SUB's subscription reaches the broker (the broker passes it on to the plugin)
+        wait_subscribed(broker.frontend_endpoints[0], sub)
         start = threading.Barrier(threads_n)
         errors = []
 
@@ -135,7 +126,7 @@ FORK_SCRIPT = textwrap.dedent("""
 
 def test_forked_child_publishes_with_its_own_publisher_and_the_parent_keeps_working(broker, tmp_path):
     with Subscriber(broker.backend_endpoints) as sub:
-        time.sleep(0.3)
+        wait_subscribed(broker.frontend_endpoints[0], sub)
         result = subprocess.run([sys.executable, "-c", FORK_SCRIPT, broker.frontend_endpoints[0]],
                                 capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stderr
@@ -201,7 +192,7 @@ def test_unencodable_values_arrive_as_the_documented_fallback_and_the_input_is_l
     config = runner_config(url=broker.frontend_endpoints[0], codec=codec)
     sent = []
     with Subscriber(broker.backend_endpoints) as sub:
-        time.sleep(0.3)
+        wait_subscribed(broker.frontend_endpoints[0], sub)
         for name, value, *_ in FALLBACKS:
             data = {"event": "verbose", "runner_ident": "values", "case": name, "value": value,
                     "plain": {"stays": ["as", "it", "was"]}}
@@ -246,7 +237,7 @@ def test_tcp_endpoint_delivers(fresh_plugin):
         frontend = tcp_broker.frontend_endpoints[0]
         assert frontend.startswith("tcp://127.0.0.1:") and not frontend.endswith(":0")
         with Subscriber(tcp_broker.backend_endpoints) as sub:
-            time.sleep(0.3)
+            wait_subscribed(frontend, sub)
             plugin.status_handler(runner_config(url=frontend), {"status": "starting", "runner_ident": "tcp"})
             flush(fresh_plugin)
             messages = receive(sub, 1)
@@ -256,7 +247,7 @@ def test_tcp_endpoint_delivers(fresh_plugin):
 def test_ipc_endpoint_delivers(broker, fresh_plugin):
     assert broker.frontend_endpoints[0].startswith("ipc://")
     with Subscriber(broker.backend_endpoints) as sub:
-        time.sleep(0.3)
+        wait_subscribed(broker.frontend_endpoints[0], sub)
         plugin.status_handler(runner_config(url=broker.frontend_endpoints[0]),
                               {"status": "starting", "runner_ident": "ipc"})
         flush(fresh_plugin)
@@ -269,7 +260,8 @@ def test_several_comma_separated_endpoints_each_get_every_message(tmp_path, fres
                for i in range(2)]
     subs = [Subscriber(b.backend_endpoints) for b in brokers]
     try:
-        time.sleep(0.3)
+        for broker, sub in zip(brokers, subs):
+            wait_subscribed(broker.frontend_endpoints[0], sub)
         config = runner_config(url=" , ".join(b.frontend_endpoints[0] for b in brokers))  # spaces are allowed
         # The plugin holds messages until a first subscription; the second broker's may come a moment
         # later, so warm up until both subscribers hear the publisher, then check every message.
@@ -327,7 +319,7 @@ def test_a_message_buffered_before_the_first_subscription_goes_out_without_anoth
     from zmq_emitter.consumers.subscriber import Subscriber
 
     with Subscriber(broker.backend_endpoints) as sub:
-        time.sleep(0.3)
+        wait_subscribed(broker.frontend_endpoints[0], sub)
         publisher = Publisher(Config(url=tuple(broker.frontend_endpoints)))
         try:
             # Sent at once after the socket is made: the broker's subscription cannot be there yet.
@@ -364,7 +356,7 @@ def test_an_acknowledgement_arriving_with_a_new_brokers_subscription_stops_the_r
         first.send(protocol.ack_frame(protocol.Ack("broker", "first-token", {publisher.id: 2})))
         assert publisher.flush(0.5) is False  # 3..5 wait for their acknowledgement
         first.close(0)  # the broker dies
-        time.sleep(0.3)  # the publisher sees its unsubscription
+        wait_until(lambda: not publisher._subscriptions, 10, message="the publisher sees its unsubscription")
 
         second = context.socket(zmq.XSUB)
         handshake = second.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
@@ -377,7 +369,7 @@ def test_an_acknowledgement_arriving_with_a_new_brokers_subscription_stops_the_r
             second.send(b"\x01" + protocol.presence_topic(protocol.Presence("broker", "second-token", 2**24)))
             second.send(b"\x01")
             second.send(protocol.ack_frame(protocol.Ack("broker", "second-token", {publisher.id: 5})))
-            time.sleep(0.5)
+            time.sleep(0.5)  # no way to see frames in flight without reading them: a moment for all three
         publisher.send(b"event/r/runner_on_ok", header, b"{}")  # seq 6
         assert json.loads(second.recv_multipart()[1])["seq"] == 6  # not 3, 4, 5 again
         second.close(0)

@@ -14,7 +14,6 @@ import stat
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import types
 from pathlib import Path
@@ -24,7 +23,8 @@ import zmq
 import zmq.auth
 from zmq.utils.monitor import recv_monitor_message
 
-from conftest import BIN, collect_run, job_events, run_cli, runner_env, settle
+from conftest import (BIN, PROBE, BrokerProcess, collect_run, job_events, receive, run_cli, runner_env, until_flowing,
+                      wait_subscribed, wait_until)
 
 from zmq_emitter.runner import plugin
 from zmq_emitter import protocol, security
@@ -104,7 +104,7 @@ def handshake(sock: zmq.Socket, endpoint: str, timeout: float = 10.0) -> str:
 
 def publisher(endpoint: str, server_key: bytes = b"", pair: security.KeyPair | None = None) -> plugin.Publisher:
     """The plugin's own Publisher, configured as runner_zmq_* settings would configure it."""
-    return plugin.Publisher(Config(url=(endpoint,), curve_server_key=server_key, curve_secret_key_file=pair,
+    return plugin.Publisher(Config(url=(endpoint,), curve_server_key=server_key, curve_key_pair=pair,
                                    linger=0))
 
 
@@ -112,24 +112,9 @@ def publish(pub: plugin.Publisher, ident: str, name: str, payload: dict) -> None
     pub.send(protocol.topic("status", ident, name), pub.header_prefix("json"), protocol.encode_json(payload))
 
 
-def until_flowing(pub: plugin.Publisher, sub: Subscriber, ident: str = "probe") -> None:
-    """Send probes until ``sub`` receives one: the path publisher -> broker -> subscriber is up."""
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        publish(pub, ident, "probe", {"probe": True})
-        msg = sub.recv(timeout=0.1)
-        if msg is not None and msg.ident == ident:
-            return
-    raise AssertionError("no probe arrived")
-
-
-def receive_all(sub: Subscriber, ident: str, count: int, timeout: float = 20.0) -> list:
-    got, deadline = [], time.monotonic() + timeout
-    while len(got) < count and time.monotonic() < deadline:
-        msg = sub.recv(timeout=0.2)
-        if msg is not None and msg.ident == ident:
-            got.append(msg)
-    return got
+def probe(pub: plugin.Publisher):
+    """What ``until_flowing`` calls to send one probe through the plugin's own publisher."""
+    return lambda: publish(pub, PROBE, "probe", {"probe": True})
 
 
 # ---------------------------------------------------------------------------------------
@@ -196,10 +181,10 @@ def test_subscribers_without_the_right_key_receive_nothing_while_the_authorised_
                         curve_secret_key_file=str(keys.secret("reader"))) as sub:
             pub = publisher(curve_broker.frontend_endpoints[0], server, keys.pair("runner"))
             try:
-                until_flowing(pub, sub)
+                until_flowing([sub], probe(pub))
                 for i in range(200):
                     publish(pub, "secret-run", "running", {"i": i})
-                assert [m.payload["i"] for m in receive_all(sub, "secret-run", 200)] == list(range(200))
+                assert [m.payload["i"] for m in receive(sub, 200, "secret-run", timeout=20)] == list(range(200))
             finally:
                 pub.close()
         for name, sock in rogues.items():
@@ -229,14 +214,14 @@ def test_publishers_without_the_right_key_inject_nothing_while_the_authorised_on
                 rogues[name] = sock
             good = publisher(curve_broker.frontend_endpoints[0], server, keys.pair("runner"))
             try:
-                until_flowing(good, sub)
+                until_flowing([sub], probe(good))
                 for round_ in range(50):
                     for name, sock in rogues.items():
                         sock.send_multipart([protocol.topic("status", "injected", "failed"),
                                              b'{"v":1,"codec":"json","pub":"rogue","seq":%d}' % (round_ + 1),
                                              b'{"from": "%s"}' % name.encode()])
                     publish(good, "genuine", "running", {"i": round_})
-                got = receive_all(sub, "genuine", 50)
+                got = receive(sub, 50, "genuine", timeout=20)
                 assert [m.payload["i"] for m in got] == list(range(50))
                 assert sub.recv(timeout=0.5) is None
                 assert sub.counts.invalid == 0 and all(m.ident != "injected" for m in got)
@@ -258,7 +243,7 @@ def test_a_broker_admitting_any_key_still_encrypts_but_lets_unlisted_keys_in(tmp
                         curve_secret_key_file=str(keys.secret("rogue"))) as sub:
             pub = publisher(broker.frontend_endpoints[0], server, keys.pair("rogue"))
             try:
-                until_flowing(pub, sub)
+                until_flowing([sub], probe(pub))
             finally:
                 pub.close()
         ctx = zmq.Context()
@@ -297,14 +282,12 @@ def test_a_removed_key_is_refused_from_the_next_connection_on_and_an_added_one_a
 
 
 def test_broker_and_tail_commands_speak_curve_end_to_end(tmp_path, keys):
-    broker = subprocess.Popen(
-        [str(BIN / "zmq-emitter"), "broker", "--frontend", f"ipc://{tmp_path}/f", "--backend", f"ipc://{tmp_path}/b",
-         "--history", "none", "--startup-grace", "0", "--curve-secret-key-file", str(keys.secret("broker")),
-         "--publisher-keys", str(keys.publishers), "--subscriber-keys", str(keys.subscribers)],
-        stderr=subprocess.PIPE, text=True)
+    broker = BrokerProcess(f"ipc://{tmp_path}/f", f"ipc://{tmp_path}/b", "--startup-grace", "0",
+                           "--curve-secret-key-file", str(keys.secret("broker")), "--publisher-keys", str(keys.publishers),
+                           "--subscriber-keys", str(keys.subscribers), history="none")
     try:
-        lines = broker.stderr.readline() + broker.stderr.readline()
-        assert "CURVE on" in lines and keys.pair("broker").public.decode() in lines, lines
+        wait_until(lambda: "CURVE on" in broker.stderr(), 10, message="the broker's CURVE line")
+        assert keys.pair("broker").public.decode() in broker.stderr(), broker.stderr()
         tail = subprocess.Popen([str(BIN / "zmq-emitter"), "tail", "--connect", f"ipc://{tmp_path}/b",
                                  "--format", "json", "--ident", "tailed", "--count", "1",
                                  "--curve-server-key", str(keys.public("broker")),
@@ -322,8 +305,7 @@ def test_broker_and_tail_commands_speak_curve_end_to_end(tmp_path, keys):
         assert tail.returncode == 0, err
         assert json.loads(out.splitlines()[0])["note"] == "through CURVE"
     finally:
-        broker.terminate()
-        broker.wait(10)
+        broker.stop()
 
 
 def test_tail_with_an_unusable_key_says_so_without_a_traceback(tmp_path):
@@ -394,7 +376,12 @@ def test_with_curve_the_loopback_traffic_of_a_real_run_never_contains_the_payloa
             client = dict(curve_server_key=str(keys.public("broker")),
                           curve_secret_key_file=str(keys.secret("reader"))) if curve else {}
             with Subscriber(to_backend.endpoint, **client) as sub:
-                settle(0.5)
+                # probes through the relays as a runner with the same settings would publish
+                prober = publisher(to_frontend.endpoint, *(keys.pair("broker").public, keys.pair("runner"))[:2 * curve])
+                try:
+                    until_flowing([sub], probe(prober))
+                finally:
+                    prober.close()
                 settings = {"RUNNER_ZMQ_URL": to_frontend.endpoint, "ZMQ_TEST_MARKER": marker}
                 if curve:
                     settings.update(RUNNER_ZMQ_CURVE_SERVER_KEY=str(keys.public("broker")),
@@ -423,7 +410,7 @@ def test_a_real_run_publishes_no_secret_of_its_environment_and_changes_nothing_e
     proxy = "http://proxyuser:proxy-0f0f@proxy.example:3128"
     (project / "env" / "envvars").write_text("VAULT_PASSPHRASE: vault-c0de\n")  # ansible-runner's own env file
     with Subscriber(broker.backend_endpoints) as sub:
-        settle()
+        wait_subscribed(broker.frontend_endpoints[0], sub)
         env = runner_env(RUNNER_ZMQ_URL=broker.frontend_endpoints[0], RUNNER_ZMQ_REDACT_NAMES="custom_thing",
                          HTTPS_PROXY=proxy, **secrets)
         result = run_cli(project, "secret-run", env)
@@ -446,6 +433,78 @@ def test_a_real_run_publishes_no_secret_of_its_environment_and_changes_nothing_e
     assert written_env["VAULT_PASSPHRASE"] == "vault-c0de" and written_env["HTTPS_PROXY"] == proxy
 
 
+def test_a_real_run_publishes_no_secret_of_its_command_line_extra_vars_and_changes_nothing_else(project, broker):
+    cmdline = ("-e 'db_password=\"pw 4b1d\" region=eu-west' --extra-vars='{\"vault\": {\"api_token\": \"tok-93ab\"}, "
+               "\"size\": 3}' -eMY_CUSTOM_THING=custom-5e5e -e '{aws_secret_access_key: aws-77c2}' "
+               "-e repo=https://deploy:pat-0f0f@git.example/x.git")
+    secrets = ["pw 4b1d", "tok-93ab", "custom-5e5e", "aws-77c2", "pat-0f0f"]
+    with Subscriber(broker.backend_endpoints) as sub:
+        wait_subscribed(broker.frontend_endpoints[0], sub)
+        env = runner_env(RUNNER_ZMQ_URL=broker.frontend_endpoints[0], RUNNER_ZMQ_REDACT_NAMES="custom_thing")
+        result = run_cli(project, "cmdline-run", env, cmdline=cmdline)
+        assert result.returncode == 2, result.stderr
+        messages = collect_run(sub, "cmdline-run")
+    starting = next(m for m in messages if m.name == "starting")
+    assert [s for s in secrets if s.encode() in starting.raw_payload] == []
+    command = starting.payload["command"]
+    assert command[:4] == ["ansible-playbook", "-e", "fail_host=web2", "-e"]
+    assert command[4:9] == [f"db_password={redact.REDACTED} region=eu-west",
+                            f'--extra-vars={{"vault": {{"api_token": "{redact.REDACTED}"}}, "size": 3}}',
+                            f"-eMY_CUSTOM_THING={redact.REDACTED}", "-e", redact.REDACTED]  # YAML: withheld whole
+    assert command[9:11] == ["-e", f"repo=https://{redact.REDACTED}@git.example/x.git"]
+    assert command[-1] == "demo.yml"
+    # ansible-playbook got the real values: ansible-runner's own record of the command is unchanged
+    written = json.loads((project / "artifacts" / "cmdline-run" / "command").read_text())["command"]
+    assert "db_password=\"pw 4b1d\" region=eu-west" in written and len(written) == len(command)
+    assert [m.payload for m in messages if m.kind == "event"] == job_events(project, "cmdline-run")
+
+
+R = redact.REDACTED
+
+
+@pytest.mark.parametrize("command, published", [
+    (["-e", "db_password=x user=me"], ["-e", f"db_password={R} user=me"]),
+    (["-e", "pass=1 api_token='a b' x=\"c d\""], ["-e", f"pass=1 api_token={R} x=\"c d\""]),
+    (["--extra-vars", "auth=1"], ["--extra-vars", f"auth={R}"]),
+    (["--extra-vars=auth=1"], [f"--extra-vars=auth={R}"]),
+    (["--extra", "auth=1"], ["--extra", f"auth={R}"]),                      # argparse's abbreviation
+    (["-eauth=1"], [f"-eauth={R}"]),                                       # value attached
+    (["-e=auth=1"], [f"-e=auth={R}"]),
+    (["-vvCe", "auth=1"], ["-vvCe", f"auth={R}"]),                          # after flags without a value
+    (["-a", "name=u password=x"], ["-a", f"name=u password={R}"]),          # ansible's module arguments
+    (["-e", '{"a": [{"Token": 1}], "b": 2}'], ["-e", f'{{"a": [{{"Token": "{R}"}}], "b": 2}}']),
+    (["-e", '{"b": 2}'], ["-e", '{"b": 2}']),                               # nothing secret: as it was
+    (["-e", "{db_password: x}"], ["-e", R]),                                # YAML: withheld whole
+    (["-e", "{region: eu}"], ["-e", "{region: eu}"]),
+    (["-e", 'x="unclosed db_password=x'], ["-e", R]),                       # cannot be split: withheld
+    (["-e", "@secrets.yml", "-e@vault_password.yml"], ["-e", "@secrets.yml", "-e@vault_password.yml"]),
+    (["-i", "https://me:pw@inv.example/x"], ["-i", f"https://{R}@inv.example/x"]),
+    (["-u", "keyholder", "-l", "password_hosts", "db_password=x"], ["-u", "keyholder", "-l", "password_hosts",
+                                                                    "db_password=x"]),  # not variables
+    (["-e"], ["-e"]),
+], ids=lambda value: " ".join(value) if isinstance(value, list) else None)
+def test_secret_looking_variables_of_the_command_line_are_redacted_in_each_form_ansible_accepts(command, published):
+    full = ["ansible-playbook", *command, "site.yml"]
+    before = list(full)
+    assert redact.redact_command(full) == ["ansible-playbook", *published, "site.yml"]
+    assert full == before
+
+
+def test_a_command_that_is_not_a_list_is_withheld_if_it_names_a_secret():
+    assert redact.redact_command("ansible-playbook -e db_password=x") == R
+    assert redact.redact_command("ansible-playbook site.yml") == "ansible-playbook site.yml"
+
+
+def test_with_redaction_off_the_command_line_is_published_as_it_was(project, broker):
+    with Subscriber(broker.backend_endpoints) as sub:
+        wait_subscribed(broker.frontend_endpoints[0], sub)
+        env = runner_env(RUNNER_ZMQ_URL=broker.frontend_endpoints[0], RUNNER_ZMQ_REDACT="false")
+        result = run_cli(project, "cmdline-plain", env, cmdline="-e db_password=hunter2", fail_host="none")
+        assert result.returncode == 0, result.stderr
+        messages = collect_run(sub, "cmdline-plain")
+    assert "db_password=hunter2" in next(m for m in messages if m.name == "starting").payload["command"]
+
+
 @pytest.mark.parametrize("settings, expected_env", [
     ({"runner_zmq_send_env": "false"}, None),
     ({"runner_zmq_redact": "false"}, {"API_KEY": "k-1", "LANG": "C"}),
@@ -454,19 +513,22 @@ def test_a_real_run_publishes_no_secret_of_its_environment_and_changes_nothing_e
 def test_redaction_settings_and_the_callers_dict_is_never_modified(broker, settings, expected_env):
     runner_config = types.SimpleNamespace(settings={"runner_zmq_url": broker.frontend_endpoints[0], **settings})
     env = {"API_KEY": "k-1", "LANG": "C"}
-    data = {"status": "starting", "runner_ident": "redact", "command": ["ansible-playbook"], "env": env, "cwd": "/"}
+    command = ["ansible-playbook", "-e", "api_key=k-2 lang=C", "-e", "@vars.yml", "site.yml"]
+    data = {"status": "starting", "runner_ident": "redact", "command": command, "env": env, "cwd": "/"}
     snapshot = json.loads(json.dumps(data))
     with Subscriber(broker.backend_endpoints) as sub:
-        settle()
+        wait_subscribed(broker.frontend_endpoints[0], sub)
         plugin.status_handler(runner_config, data)
         # The publisher keeps what it sends before the broker's subscription arrived; flush
         # hands it over (at a process's exit, atexit does the same).
         assert plugin._routes[id(runner_config)].publisher.flush(10)
         msg = sub.recv(timeout=10)
-    assert data == snapshot and data["env"] is env  # ansible-runner's dict, as it was
+    assert data == snapshot and data["env"] is env and data["command"] is command  # ansible-runner's dict, as it was
     assert msg is not None and msg.name == "starting"
     assert msg.payload.get("env") == expected_env
-    assert msg.payload["command"] == ["ansible-playbook"]
+    redacted = settings.get("runner_zmq_redact") != "false"
+    assert msg.payload["command"] == ["ansible-playbook", "-e", f"api_key={redact.REDACTED if redacted else 'k-2'} lang=C",
+                                      "-e", "@vars.yml", "site.yml"]
 
 
 # ---------------------------------------------------------------------------------------
@@ -482,28 +544,38 @@ def _connect_as_nobody(path: str) -> str:
     return result.stdout.strip() or result.stderr
 
 
-def test_ipc_sockets_of_broker_and_plugin_are_owner_only_unless_a_setting_says_otherwise():
+@pytest.fixture
+def ipc_sockets():
+    """A directory others may enter, with the socket files of two brokers and two plugins bound in it:
+    b, f and runner with the default mode; open-b, open-f and runner-open with 0666 asked for."""
     shared = Path(tempfile.mkdtemp(prefix="zmq-emitter-ipc-", dir="/tmp"))
     try:
-        shared.chmod(0o755)  # a directory others may enter: only the socket's own mode protects it
+        shared.chmod(0o755)  # only the socket's own mode protects it
         with Broker([f"ipc://{shared}/f"], [f"ipc://{shared}/b"], startup_grace=0):
             with Broker([f"ipc://{shared}/open-f"], [f"ipc://{shared}/open-b"], startup_grace=0, ipc_mode=0o666):
                 pub = plugin.Publisher(load({"runner_zmq_bind": f"ipc://{shared}/runner"}, {}))
                 open_pub = plugin.Publisher(load({"runner_zmq_bind": f"ipc://{shared}/runner-open",
                                                   "runner_zmq_ipc_mode": "0666"}, {}))
                 try:
-                    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in shared.iterdir()}
-                    assert modes == {"f": 0o600, "b": 0o600, "runner": 0o600,
-                                     "open-f": 0o666, "open-b": 0o666, "runner-open": 0o666}
-                    if os.geteuid() == 0:  # root ignores modes itself, but can ask as another user
-                        assert _connect_as_nobody(str(shared / "b")) == "denied"
-                        assert _connect_as_nobody(str(shared / "runner")) == "denied"
-                        assert _connect_as_nobody(str(shared / "open-b")) == "connected"
+                    yield shared
                 finally:
                     pub.close()
                     open_pub.close()
     finally:
         shutil.rmtree(shared, ignore_errors=True)
+
+
+def test_ipc_sockets_of_broker_and_plugin_are_owner_only_unless_a_setting_says_otherwise(ipc_sockets):
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in ipc_sockets.iterdir()}
+    assert modes == {"f": 0o600, "b": 0o600, "runner": 0o600, "open-f": 0o666, "open-b": 0o666, "runner-open": 0o666}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="connecting as another user (nobody) needs root")
+def test_another_user_cannot_connect_to_an_owner_only_ipc_socket_and_can_to_an_open_one(ipc_sockets):
+    # root ignores modes itself, but can ask as another user
+    assert _connect_as_nobody(str(ipc_sockets / "b")) == "denied"
+    assert _connect_as_nobody(str(ipc_sockets / "runner")) == "denied"
+    assert _connect_as_nobody(str(ipc_sockets / "open-b")) == "connected"
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from pathlib import Path
 import msgpack
 import pytest
 import zmq
-from conftest import BIN, FINAL_STATUSES, job_events, runner_env, settle
+from conftest import BIN, FINAL_STATUSES, RawPublisher, job_events, runner_env
 
 from zmq_emitter import protocol
 from zmq_emitter.demo import PROJECT
@@ -70,15 +70,35 @@ def test_three_runs_at_once_reach_twenty_subscribers_each_whole(tmp_path, broker
     results: dict[int, list] = {}
     subs_ready = threading.Barrier(22)
 
+    probes_drained = threading.Barrier(22)
+    probing = RawPublisher(broker_process.frontend)
+
+    def ready(sub) -> None:
+        """Until this subscriber's subscription is at the broker (the main thread sends probes meanwhile);
+        then, once every subscriber is there and the probes have stopped, drain those still queued."""
+        deadline = time.monotonic() + 60
+        while (msg := sub.recv(timeout=0.5)) is None or msg.ident != "probe":
+            assert time.monotonic() < deadline, "no probe arrived"
+        subs_ready.wait()
+        while (msg := sub.recv(timeout=0.3)) is not None:
+            assert msg.ident == "probe"
+        probes_drained.wait()
+
     def blocking_subscriber(n: int) -> None:
         with Subscriber(backend, context=context) as sub:
-            subs_ready.wait()
+            ready(sub)
             results[n] = (collect_until_final(sub.recv, set(RUNS)), sub.gaps, sub.counts)
 
     def async_subscriber(n: int) -> None:  # one of the twenty is the asyncio flavour
         async def main():
             async with AsyncSubscriber(backend) as sub:
+                deadline = time.monotonic() + 60
+                while (msg := await sub.recv(timeout=0.5)) is None or msg.ident != "probe":
+                    assert time.monotonic() < deadline, "no probe arrived"
                 subs_ready.wait()
+                while (msg := await sub.recv(timeout=0.3)) is not None:
+                    assert msg.ident == "probe"
+                probes_drained.wait()
                 messages, open_runs, deadline = [], set(RUNS), time.monotonic() + 240
                 while open_runs and time.monotonic() < deadline:
                     msg = await sub.recv(timeout=0.5)
@@ -90,8 +110,8 @@ def test_three_runs_at_once_reach_twenty_subscribers_each_whole(tmp_path, broker
         asyncio.run(main())
 
     def one_run_subscriber() -> None:
-        with Subscriber(backend, subscriptions(ident="multi-b"), context=context) as sub:
-            subs_ready.wait()
+        with Subscriber(backend, subscriptions(ident="multi-b") + subscriptions(ident="probe"), context=context) as sub:
+            ready(sub)
             results["one"] = (collect_until_final(sub.recv, {"multi-b"}), sub.gaps, sub.counts)
             # Anything of the other runs would be here by now: they ended before multi-b's stragglers.
             while (msg := sub.recv(timeout=0.3)) is not None:
@@ -101,8 +121,13 @@ def test_three_runs_at_once_reach_twenty_subscribers_each_whole(tmp_path, broker
     threads += [threading.Thread(target=async_subscriber, args=(0,)), threading.Thread(target=one_run_subscriber)]
     for thread in threads:
         thread.start()
-    subs_ready.wait()
-    settle(0.5)
+    deadline = time.monotonic() + 90
+    while subs_ready.n_waiting < len(threads) and time.monotonic() < deadline:  # until each has had a probe
+        probing.send("probe", "probe", {"probe": True})
+        time.sleep(0.02)  # the probes' pace
+    subs_ready.wait(timeout=10)
+    probing.close()
+    probes_drained.wait(timeout=30)
     try:
         runs = {ident: start_run(tmp_path, ident, broker_process.frontend, codec, fail_host)
                 for ident, (codec, fail_host) in RUNS.items()}
@@ -124,35 +149,9 @@ def test_three_runs_at_once_reach_twenty_subscribers_each_whole(tmp_path, broker
     check_run(one_messages, runs["multi-b"][0], "multi-b", "msgpack", "successful")
 
 
-class RawPublisher:
-    """A PUB socket into the broker's frontend that sends whatever frames it is given."""
-
-    def __init__(self, context: zmq.Context, endpoint: str):
-        self.sock = context.socket(zmq.PUB)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.connect(endpoint)
-
-    def message(self, pub: str, seq: int, name: str = "runner_on_ok", codec: str = "json") -> list[bytes]:
-        header = protocol.header_prefix(codec, pub) + b"%d}" % seq
-        return [protocol.topic("event", "raw-run", name), header, protocol.ENCODERS[codec]({"seq": seq})]
-
-    def until_path_is_up(self, subs) -> None:
-        """Send probes (a publisher of their own) until every subscriber got one: slow joiners."""
-        seq, waiting = 0, list(subs)
-        while waiting:
-            seq += 1
-            assert seq < 200, "no probe got through the broker"
-            self.sock.send_multipart(self.message("0000000000000000", seq, "probe"))
-            time.sleep(0.02)
-            waiting = [s for s in waiting if not _drain(s)]
-
-
-def _drain(sub) -> bool:
-    """True if ``sub`` had something waiting; leaves nothing waiting."""
-    got = False
-    while sub.recv(timeout=0.05) is not None:
-        got = True
-    return got
+def raw_message(publisher: RawPublisher, pub: str, seq: int, name: str = "runner_on_ok") -> list[bytes]:
+    """Frames of message ``seq`` of publisher ``pub`` on run raw-run, whatever ``publisher`` sent before."""
+    return publisher.frames("raw-run", name, {"seq": seq}, pub=pub, seq=seq)
 
 
 def test_gaps_and_duplicates_are_reported_with_publisher_and_seqs(broker):
@@ -160,12 +159,12 @@ def test_gaps_and_duplicates_are_reported_with_publisher_and_seqs(broker):
     reported = []
     try:
         sub = Subscriber(broker.backend_endpoints, context=context, on_gap=reported.append)
-        rogue = RawPublisher(context, broker.frontend_endpoints[0])
-        rogue.until_path_is_up([sub])
+        rogue = RawPublisher(broker.frontend_endpoints[0], context=context)
+        rogue.until_received(sub)
         for pub, seq in [("aaaaaaaaaaaaaaaa", 1), ("aaaaaaaaaaaaaaaa", 2), ("bbbbbbbbbbbbbbbb", 10),
                          ("aaaaaaaaaaaaaaaa", 5), ("aaaaaaaaaaaaaaaa", 5), ("aaaaaaaaaaaaaaaa", 4),
                          ("bbbbbbbbbbbbbbbb", 12), ("aaaaaaaaaaaaaaaa", 6)]:
-            rogue.sock.send_multipart(rogue.message(pub, seq))
+            rogue.send_frames(raw_message(rogue, pub, seq))
         got = [sub.recv(timeout=5) for _ in range(6)]
         assert [(m.publisher, m.seq) for m in got] == [
             ("aaaaaaaaaaaaaaaa", 1), ("aaaaaaaaaaaaaaaa", 2), ("bbbbbbbbbbbbbbbb", 10),
@@ -216,22 +215,22 @@ def test_rogue_publisher_garbage_is_skipped_and_counted_by_both_subscribers(tmp_
     try:
         assert broker.wait_forwarding(5)
         sub = Subscriber(broker.backend_endpoints, context=context, on_invalid=lambda f, e: invalid_seen.append(e))
-        rogue = RawPublisher(context, broker.frontend_endpoints[0])
-        rogue.until_path_is_up([sub])
+        rogue = RawPublisher(broker.frontend_endpoints[0], context=context)
+        rogue.until_received(sub)
         bad = garbage()
         for frames in bad:
-            rogue.sock.send_multipart(frames)
-        rogue.sock.send_multipart(rogue.message("dddddddddddddddd", 1, "after-garbage"))
+            rogue.send_frames(frames)
+        rogue.send_frames(raw_message(rogue, "dddddddddddddddd", 1, "after-garbage"))
         msg = sub.recv(timeout=5)
         assert msg is not None and msg.name == "after-garbage"
         assert sub.counts.invalid == len(bad) == len(invalid_seen)
         assert all(isinstance(e, protocol.ProtocolError) for e in invalid_seen)
 
         # An oversized message gets the rogue disconnected by the broker; it never reaches anyone.
-        rogue.sock.send_multipart([protocol.topic("event", "raw-run", "huge"), b"x", b"y" * (2 * max_size)])
-        honest = RawPublisher(context, broker.frontend_endpoints[0])
-        honest.until_path_is_up([sub])
-        honest.sock.send_multipart(honest.message("eeeeeeeeeeeeeeee", 1, "still-served"))
+        rogue.send_frames([protocol.topic("event", "raw-run", "huge"), b"x", b"y" * (2 * max_size)])
+        honest = RawPublisher(broker.frontend_endpoints[0], context=context)
+        honest.until_received(sub)
+        honest.send_frames(raw_message(honest, "eeeeeeeeeeeeeeee", 1, "still-served"))
         msg = sub.recv(timeout=5)
         assert msg is not None and msg.name == "still-served"
         assert sub.counts.invalid == len(bad)  # the oversized one was not forwarded, so not counted
@@ -239,15 +238,17 @@ def test_rogue_publisher_garbage_is_skipped_and_counted_by_both_subscribers(tmp_
         # The asyncio flavour skips the same input the same way.
         async def async_side():
             async with AsyncSubscriber(broker.backend_endpoints) as asub:
-                for _ in range(200):
-                    honest.sock.send_multipart(honest.message("0000000000000001", 1, "probe"))
+                for seq in range(1, 1000):  # probes until the subscription is at the broker
+                    honest.send_frames(raw_message(honest, "0000000000000001", seq, "probe"))
                     if await asub.recv(timeout=0.05) is not None:
                         break
-                while await asub.recv(timeout=0.1) is not None:
+                else:
+                    raise AssertionError("no probe arrived")
+                while await asub.recv(timeout=0.2) is not None:
                     pass
                 for frames in bad:
-                    honest.sock.send_multipart(frames)
-                honest.sock.send_multipart(honest.message("ffffffffffffffff", 1, "async-after"))
+                    honest.send_frames(frames)
+                honest.send_frames(raw_message(honest, "ffffffffffffffff", 1, "async-after"))
                 got = await asub.recv(timeout=5)
                 return got, asub.counts.invalid
         got, invalid = asyncio.run(async_side())
@@ -262,19 +263,28 @@ def _example_run(tmp_path, broker_process, argv: list[str], ident: str, codec: s
     """Run a subscriber example against one real run; its stdout lines decoded, and the project."""
     example = subprocess.Popen(argv + [broker_process.backend, "--until-done"], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
+    lines: list[dict] = []
+    reader = threading.Thread(target=lambda: lines.extend(map(json.loads, example.stdout)), daemon=True)
+    reader.start()
     try:
-        # The example's subscription must reach the broker before the run starts.
-        settle(1.0)
-        assert example.poll() is None, example.stderr.read()
+        # The example's subscription must reach the broker before the run starts: probes until it prints one.
+        with RawPublisher(broker_process.frontend) as prober:
+            deadline = time.monotonic() + 30
+            while not any(line["topic"] == "event/probe/probe" for line in list(lines)):
+                assert example.poll() is None and time.monotonic() < deadline, example.stderr.read()
+                prober.send("probe", "probe", {"probe": True})
+                time.sleep(0.02)  # the probes' pace
         project, run = start_run(tmp_path, ident, broker_process.frontend, codec, "web2")
         assert run.wait(timeout=120) == 2, run.stderr.read()
-        out, err = example.communicate(timeout=30)
+        example.wait(timeout=30)
+        reader.join(10)
+        err = example.stderr.read()
     finally:
         if example.poll() is None:
             example.kill()
             example.wait()
     assert example.returncode == 0, err
-    return [json.loads(line) for line in out.splitlines()], project, err
+    return lines, project, err
 
 
 def _check_example_output(lines, project, ident):

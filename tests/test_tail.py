@@ -12,11 +12,10 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 
 import pytest
 import zmq
-from conftest import BIN, job_events, run_cli, runner_env, settle
+from conftest import BIN, job_events, run_cli, runner_env, wait_connected, wait_until, wait_upstream
 
 from zmq_emitter import protocol
 from zmq_emitter.demo import PROJECT as DEMO
@@ -64,7 +63,7 @@ def test_formats_and_filters_on_a_real_failed_run(project, broker_process):
         "web1": tail(*connect, "--ident", ident, "--host", "web1", "--format", "json", "--until-done"),
         "other-run": tail(*connect, "--ident", "some-other-run", "--format", "json", "--count", "1"),
     }
-    settle(1.0)
+    wait_connected(broker_process.backend, len(tails))
     try:
         result = run_cli(project, ident, runner_env(RUNNER_ZMQ_URL=broker_process.frontend))
         assert result.returncode == 2, result.stderr
@@ -121,7 +120,8 @@ def test_until_done_status_both_codecs_several_publishers_and_quiet_ctrl_c(tmp_p
     good = tail(*connect, "--ident", "ok-run", "--until-done")
     bad = tail(*connect, "--ident", "bad-run", "--until-done", "--format", "json")
     everything = tail(*connect, "--format", "json")
-    settle(1.0)
+    wait_upstream(broker_process.frontend, "status/ok-run/", "event/ok-run/", "status/bad-run/", "event/bad-run/",
+                  "status/", "event/", "publisher/")
     projects, runs = {}, {}
     try:
         for ident, codec, fail_host in [("ok-run", "msgpack", "none"), ("bad-run", "json", "web1")]:
@@ -136,7 +136,10 @@ def test_until_done_status_both_codecs_several_publishers_and_quiet_ctrl_c(tmp_p
         assert finish(good)[0] == FINAL_STATUS_EXIT["successful"] == 0
         code, out, _ = finish(bad)
         assert code == FINAL_STATUS_EXIT["failed"] == 1
-        time.sleep(1.0)  # the plugin lingers a moment at exit; let everything reach the third tail
+        finals = {"ok-run": '"status":"successful"', "bad-run": '"status":"failed"'}
+        wait_until(lambda: all(any(f'"runner_ident":"{ident}"' in line and status in line and '"event"' not in line
+                                   for line in output(everything)[0].splitlines()) for ident, status in finals.items()),
+                   30, message="both runs' final statuses in the third tail's output")
         everything.send_signal(signal.SIGINT)  # Ctrl-C
         code, out, err = finish(everything)
     finally:
@@ -155,13 +158,15 @@ def test_undecodable_input_is_skipped_counted_and_warned_once(broker):
     proc = tail("--connect", broker.backend_endpoints[0], "--format", "json", "--count", "2")
     context = zmq.Context()
     try:
-        deadline = time.monotonic() + 10
-        while broker.stats().subscribers < 1 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        settle(0.5)  # and its subscriptions reach the broker
-        rogue = context.socket(zmq.PUB)
+        # An XPUB, as a runner's: it sees the broker's subscriptions, its own and those it passes on from its
+        # subscribers (the tail's "event/" is the only one): the path rogue -> broker -> tail is up.
+        rogue = context.socket(zmq.XPUB)
+        rogue.setsockopt(zmq.XPUB_VERBOSE, 1)
         rogue.connect(broker.frontend_endpoints[0])
-        settle(0.5)
+        upstream = set()
+        while b"\x01event/" not in upstream or b"\x01" not in upstream:
+            assert rogue.poll(20_000), f"subscriptions seen upstream: {upstream}"
+            upstream.add(rogue.recv())
         topic = protocol.topic("event", "garbage-run", "runner_on_ok")
         header = protocol.header_prefix("json", "abababababababab")
         bad = [

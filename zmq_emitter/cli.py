@@ -18,6 +18,7 @@ import typer
 import zmq
 
 from . import security
+from ._text import split_commas
 from .broker import broker as broker_module
 from .consumers import tail as tail_module
 from .consumers.subscriber import DEFAULT_ENDPOINT, Subscriber
@@ -29,7 +30,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 def _split(values: List[str]) -> List[str]:
     """Options take repeated and comma-separated values alike."""
-    return [item.strip() for value in values for item in value.split(",") if item.strip()]
+    return list(split_commas(values))
 
 
 def _fail(message: str, code: int = 1) -> None:

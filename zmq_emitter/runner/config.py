@@ -7,7 +7,7 @@ overrides it.  With neither ``runner_zmq_url`` nor ``runner_zmq_bind`` set the p
 is inactive.
 
     >>> from zmq_emitter.runner.config import load
-    >>> load({"runner_zmq_url": "tcp://broker:5557"}, environ={}).connect
+    >>> load({"runner_zmq_url": "tcp://broker:5557"}, environ={}).url
     ('tcp://broker:5557',)
 """
 from __future__ import annotations
@@ -18,6 +18,7 @@ import re
 from typing import Any, Callable, Mapping
 
 from .. import protocol, security
+from .._text import split_commas
 
 DEFAULT_FRONTEND = "tcp://127.0.0.1:5557"  # where `zmq-emitter broker` listens for runners
 
@@ -47,8 +48,12 @@ def check_endpoint(endpoint: str, *, bind: bool) -> str | None:
 
 def _endpoints(bind: bool) -> Callable[[Any], tuple[str, ...]]:
     def parse(value: Any) -> tuple[str, ...]:
-        items = value if isinstance(value, (list, tuple)) else str(value).split(",")
-        endpoints = tuple(str(item).strip() for item in items if str(item).strip())
+        endpoints = split_commas(value)
+        # Empty is "not set" (the plugin is off); a value with only commas in it is a mistake
+        # that would turn the plugin off silently.
+        items = value if isinstance(value, (list, tuple)) else [value]
+        if not endpoints and any(str(item).strip() for item in items):
+            raise ValueError(f"{value!r} names no endpoint (to turn the plugin off, leave the setting out or empty)")
         for endpoint in endpoints:
             problem = check_endpoint(endpoint, bind=bind)
             if problem:
@@ -58,10 +63,22 @@ def _endpoints(bind: bool) -> Callable[[Any], tuple[str, ...]]:
     return parse
 
 
-def _count(value: Any) -> int:
-    if isinstance(value, bool) or not re.fullmatch(r"\s*\d+\s*", str(value)):
-        raise ValueError(f"{value!r} is not a whole number of 0 or more")
-    return int(value)
+C_INT_MAX = 2**31 - 1  # libzmq's socket options (SNDHWM, LINGER) are C ints
+
+
+def _whole(low: int, high: int | None = None) -> Callable[[Any], int]:
+    """A parser of whole numbers from ``low`` to ``high`` (None: no upper bound)."""
+    def parse(value: Any) -> int:
+        if isinstance(value, bool) or not re.fullmatch(r"\s*\d+\s*", str(value)):
+            raise ValueError(f"{value!r} is not a whole number")
+        number = int(value)
+        if number < low or (high is not None and number > high):
+            raise ValueError(f"{value!r} is out of range")
+        return number
+    return parse
+
+
+_count = _whole(0)  # 0 or more
 
 
 def _codec(value: Any) -> str:
@@ -84,11 +101,6 @@ def _flag(value: Any) -> bool:
     raise ValueError(f"{value!r} is not true or false")
 
 
-def _names(value: Any) -> tuple[str, ...]:
-    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
-    return tuple(str(item).strip() for item in items if str(item).strip())
-
-
 def _server_key(value: Any) -> bytes:
     text = str(value).strip()
     if not text:
@@ -99,7 +111,7 @@ def _server_key(value: Any) -> bytes:
         raise ValueError(str(exc)) from None
 
 
-def _secret_key_file(value: Any) -> security.KeyPair | None:
+def _key_pair(value: Any) -> security.KeyPair | None:
     text = str(value).strip()
     if not text:
         return None
@@ -116,6 +128,20 @@ class Setting:
     default: Any
     accepts: str
     help: str
+    field: str = ""  # the Config attribute, when it is not ``name``
+    shown: str = ""  # the default as the README shows it, when str(default) would not do
+
+    @property
+    def attribute(self) -> str:
+        return self.field or self.name
+
+    @property
+    def shown_default(self) -> str:
+        if self.shown:
+            return self.shown
+        if self.default in ((), b"", None):
+            return "(none)"
+        return str(self.default).lower() if isinstance(self.default, bool) else str(self.default)
 
     @property
     def key(self) -> str:
@@ -126,7 +152,7 @@ class Setting:
         return self.key.upper()
 
 
-# The single list of settings; the README's settings table is written from it.
+# The single list of settings; the README's settings table must match it row for row (tests/test_config.py).
 SETTINGS = (
     Setting("url", _endpoints(bind=False), (), "comma-separated tcp://HOST:PORT or ipc://PATH",
             "Endpoints to connect the PUB socket to, normally a broker's frontend "
@@ -134,27 +160,31 @@ SETTINGS = (
     Setting("bind", _endpoints(bind=True), (), "comma-separated tcp://HOST:PORT or ipc://PATH",
             "Endpoints to bind, so subscribers connect straight to the runner process (no broker)."),
     Setting("codec", _codec, "json", "json, msgpack", "Payload encoding; json is encoded with orjson."),
-    Setting("sndhwm", _count, 1000, "a whole number, 0 = unlimited",
+    Setting("sndhwm", _whole(0, C_INT_MAX), 1000, f"a whole number from 0 to {C_INT_MAX}, 0 = unlimited",
             "ZeroMQ send high-water mark: messages queued in libzmq per peer before the plugin's own buffer takes over."),
-    Setting("linger", _count, 1000, "milliseconds",
-            "At process exit, how long to wait for queued messages to be delivered."),
-    Setting("buffer_messages", _count, 10000, "a whole number",
-            "The plugin's buffer for messages no peer could take yet: at most this many (oldest dropped and counted)."),
-    Setting("buffer_bytes", _count, 64 * 2**20, "bytes",
+    Setting("linger", _whole(0, C_INT_MAX), 1000, f"milliseconds, 0 to {C_INT_MAX}",
+            "At process exit, how long to wait for queued messages to be delivered (and acknowledged)."),
+    Setting("buffer_messages", _whole(1), 10000, "a whole number, 1 or more",
+            "The plugin's buffer (messages not sent yet, or sent but not acknowledged by the broker): at most this "
+            "many; what it pushes out is counted and reported."),
+    Setting("buffer_bytes", _whole(1), 64 * 2**20, "bytes, 1 or more",
             "The same buffer's bound in payload bytes."),
     # Security (security.py, docs/security.md)
     Setting("curve_server_key", _server_key, b"", "a .key file or 40 z85 characters",
-            "The broker's CURVE public key: encrypt the connection to runner_zmq_url and check the broker."),
-    Setting("curve_secret_key_file", _secret_key_file, None, "a .key_secret file",
-            "This runner's CURVE key pair (`zmq-emitter keygen`), for a broker that admits only listed keys."),
+            "The broker's CURVE public key: encrypt the connection to `runner_zmq_url` and check the broker."),
+    Setting("curve_secret_key_file", _key_pair, None, "a .key_secret file",
+            "This runner's CURVE key pair (`zmq-emitter keygen`), for a broker that admits only listed keys.",
+            field="curve_key_pair"),
     Setting("redact", _flag, True, "true, false",
-            "Replace secret-looking values in the `starting` status's env with <redacted>."),
-    Setting("redact_names", _names, (), "comma-separated name parts",
+            "Replace secret-looking values in the `starting` status with `<redacted>`: in its env, and in the "
+            "extra variables (`-e`) of its command line (docs/security.md)."),
+    Setting("redact_names", split_commas, (), "comma-separated name parts",
             "More parts of variable names to redact (case-insensitive), besides the built-in list."),
     Setting("send_env", _flag, True, "true, false",
             "Include the env in the `starting` status at all."),
     Setting("ipc_mode", security.parse_ipc_mode, security.DEFAULT_IPC_MODE, "octal mode such as 600, or keep",
-            "Permissions of ipc:// socket files the plugin binds (keep: as the umask made them)."),
+            "Permissions of ipc:// socket files the plugin binds (keep: as the umask made them).",
+            shown=f"{security.DEFAULT_IPC_MODE:o}"),
 )
 
 
@@ -170,14 +200,14 @@ class Config:
     buffer_messages: int = 10000
     buffer_bytes: int = 64 * 2**20
     curve_server_key: bytes = b""
-    curve_secret_key_file: security.KeyPair | None = None  # the key pair read from that file
+    curve_key_pair: security.KeyPair | None = None  # read from the file runner_zmq_curve_secret_key_file names
     redact: bool = True
     redact_names: tuple[str, ...] = ()
     send_env: bool = True
     ipc_mode: int | None = security.DEFAULT_IPC_MODE
 
     def __post_init__(self):
-        if self.curve_secret_key_file and not self.curve_server_key:
+        if self.curve_key_pair and not self.curve_server_key:
             raise ConfigError("zmq_emitter: runner_zmq_curve_secret_key_file needs runner_zmq_curve_server_key "
                               "(the broker's public key)")
         if self.curve_server_key and self.bind:
@@ -188,14 +218,10 @@ class Config:
     def active(self) -> bool:
         return bool(self.url or self.bind)
 
-    @property
-    def connect(self) -> tuple[str, ...]:
-        return self.url
-
     def transport(self) -> tuple:
         """What decides the socket: runs whose transport settings are equal share one socket."""
         return (self.url, self.bind, self.sndhwm, self.linger, self.buffer_messages, self.buffer_bytes,
-                self.curve_server_key, self.curve_secret_key_file, self.ipc_mode)
+                self.curve_server_key, self.curve_key_pair, self.ipc_mode)
 
 
 def load(settings: Mapping[str, Any] | None, environ: Mapping[str, str] | None = None) -> Config:
@@ -212,10 +238,10 @@ def load(settings: Mapping[str, Any] | None, environ: Mapping[str, str] | None =
         elif setting.key in settings and settings[setting.key] is not None:
             raw, source = settings[setting.key], f"setting {setting.key} (env/settings)"
         else:
-            values[setting.name] = setting.default
+            values[setting.attribute] = setting.default
             continue
         try:
-            values[setting.name] = setting.parse(raw)
+            values[setting.attribute] = setting.parse(raw)
         except ValueError as exc:
             raise ConfigError(f"zmq_emitter: {source}: {exc}; accepted: {setting.accepts}") from None
     return Config(**values)

@@ -95,7 +95,7 @@ class Publisher:
         self._socket = sock
         try:
             if config.curve_server_key:  # CURVE client of the broker (security.py)
-                security.curve_client(sock, config.curve_server_key, config.curve_secret_key_file)
+                security.curve_client(sock, config.curve_server_key, config.curve_key_pair)
             for endpoint in config.url:
                 sock.connect(endpoint)
             for endpoint in config.bind:
