@@ -15,6 +15,7 @@ import zmq
 from conftest import BIN, BrokerProcess, RawPublisher, receive, wait_until
 
 from zmq_emitter.broker import broker as broker_module
+from zmq_emitter import protocol
 from zmq_emitter.runner import config
 from zmq_emitter.consumers import subscriber
 from zmq_emitter.broker import Broker
