@@ -40,6 +40,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from .. import protocol, security
+from .acks import Acknowledgements
 from .history import History
 
 DEFAULT_FRONTEND = "tcp://127.0.0.1:5557"
@@ -298,10 +299,10 @@ class Broker:
     def _run_history(self) -> None:
         """Owns the capture, acknowledgement and history sockets; the only thread touching ``history``."""
         captured, replier, acker, history = self._captured, self._replier, self._acker, self.history
+        acknowledgements = Acknowledgements(history, self.name, self._token)
         poller = zmq.Poller()
         poller.register(captured, zmq.POLLIN)
         poller.register(replier, zmq.POLLIN)
-        updated: dict[str, int] = {}
 
         def record(batch: int | None) -> None:
             """Record captured copies: ``batch`` of them at most, or all there are (None)."""
@@ -319,7 +320,7 @@ class Broker:
                 except protocol.ProtocolError:
                     continue
                 history.add(env, frames)
-                updated[env.publisher] = history.publishers[env.publisher].last_seq
+                acknowledgements.heard(env.publisher)
 
         while not self._stopping.is_set():
             ready = dict(poller.poll(100))
@@ -331,10 +332,11 @@ class Broker:
                 record(None)
                 request = replier.recv_multipart()
                 replier.send_multipart(history.answer(request[0]), copy=False)
-            if updated:
-                history.sync()  # acknowledged means recorded, on disk too with a history directory
-                acker.send(self._ack(updated))
-                updated = {}
+            ack = acknowledgements.due(time.monotonic())
+            if ack is not None:
+                if ack.acks:
+                    history.sync()  # acknowledged means recorded, on disk too with a history directory
+                acker.send(protocol.ack_frame(ack))
         history.close()
 
     def _ack(self, acks: dict[str, int]) -> bytes:
