@@ -35,13 +35,12 @@ import bisect
 import collections
 import dataclasses
 import os
-import struct
 import time
-from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 from .. import protocol
 from ..protocol import Envelope, ProtocolError
+from .journal import Journal
 
 
 @dataclasses.dataclass
@@ -136,18 +135,22 @@ class History:
         """
         journal = Journal(directory, self.max_bytes)
         loaded = 0
-        for received, run_first_seq, frames in journal.load():
-            try:
-                env = protocol.envelope(frames)
-            except ProtocolError:
-                continue
-            loaded += self.add(env, frames, received, run_first_seq)
-        journal.start_segment()
+        try:
+            for received, run_first_seq, frames in journal.load():
+                try:
+                    env = protocol.envelope(frames)
+                except ProtocolError:
+                    continue
+                loaded += self.add(env, frames, received, run_first_seq)
+        except BaseException:
+            journal.close()  # the directory's lock with it
+            raise
         self.journal = journal  # from now on: loaded records are not written again
         return loaded
 
     def sync(self) -> None:
-        """Hand what was recorded to the OS: call before acknowledging it."""
+        """Hand what was recorded to the OS: call before acknowledging it.  OSError if the disk refuses
+        (what is not written stays queued for the next call: ``journal.py``)."""
         if self.journal is not None:
             self.journal.flush()
 
@@ -356,86 +359,3 @@ def _payload(frames: list[bytes]) -> dict | None:
         return protocol.decode(frames).payload
     except protocol.ProtocolError:
         return None
-
-
-# When received, the first seq of the message's run from its publisher (what was forgotten
-# is still reported as missing after a reload), then the lengths of the three frames.
-_RECORD = struct.Struct("<dQIII")
-
-
-class Journal:
-    """The history on disk: append-only segment files ``segment-<n>.log`` in one directory.
-
-    A record is the receive time, the run's first seq and the three frames, length-prefixed.  ``flush`` hands
-    buffered records to the OS; the broker flushes before each acknowledgement, so every
-    message a publisher saw acknowledged survives the broker process, SIGKILL included
-    (not a power loss: there is no fsync).  A segment is closed at ``segment_bytes``; the
-    oldest closed segments are deleted while they hold more than ``max_bytes``.  A record
-    cut short by a kill is cut off when the journal is loaded.
-    """
-
-    def __init__(self, directory: str | os.PathLike, max_bytes: int, segment_bytes: int | None = None):
-        self.directory = Path(directory)
-        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.max_bytes = max_bytes
-        self.segment_bytes = segment_bytes or max(2**20, max_bytes // 8)
-        self._closed: collections.deque[tuple[Path, int]] = collections.deque()  # (path, bytes), oldest first
-        self._file = None      # the segment being written, with its path and size
-        self._path: Path | None = None
-        self._size = 0
-
-    def _segments(self) -> list[Path]:
-        return sorted(self.directory.glob("segment-*.log"))
-
-    def load(self) -> Iterator[tuple[float, int, list[bytes]]]:
-        """Every whole record, oldest first."""
-        for path in self._segments():
-            with open(path, "r+b") as f:
-                data = f.read()
-                offset = 0
-                while offset + _RECORD.size <= len(data):
-                    received, run_first_seq, *lengths = _RECORD.unpack_from(data, offset)
-                    start, end = offset + _RECORD.size, offset + _RECORD.size + sum(lengths)
-                    if end > len(data):
-                        break
-                    first, second = start + lengths[0], start + lengths[0] + lengths[1]
-                    yield received, run_first_seq, [data[start:first], data[first:second], data[second:end]]
-                    offset = end
-                if offset < len(data):
-                    f.truncate(offset)  # the end of a record the broker was killed while writing
-            self._closed.append((path, offset))
-
-    def start_segment(self) -> None:
-        segments = self._segments()
-        number = int(segments[-1].stem.split("-")[1]) + 1 if segments else 1
-        path = self.directory / f"segment-{number:012d}.log"
-        self._file = os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
-        self._path, self._size = path, 0
-        self._prune()
-
-    def append(self, received: float, run_first_seq: int, frames: list[bytes]) -> None:
-        write = self._file.write
-        write(_RECORD.pack(received, run_first_seq, len(frames[0]), len(frames[1]), len(frames[2])))
-        for frame in frames:
-            write(frame)
-        self._size += _RECORD.size + len(frames[0]) + len(frames[1]) + len(frames[2])
-        if self._size >= self.segment_bytes:
-            self._file.close()
-            self._closed.append((self._path, self._size))
-            self.start_segment()
-
-    def _prune(self) -> None:
-        held = sum(size for _, size in self._closed)
-        while self._closed and held > self.max_bytes:
-            path, size = self._closed.popleft()
-            path.unlink(missing_ok=True)
-            held -= size
-
-    def flush(self) -> None:
-        if self._file is not None:
-            self._file.flush()
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
