@@ -8,7 +8,7 @@ import time
 
 import zmq
 
-from zmq_emitter import protocol
+from zmq_emitter import protocol, security
 from zmq_emitter.broker import Broker
 from zmq_emitter.broker.acks import Acknowledgements
 from zmq_emitter.broker.history import History
@@ -80,6 +80,7 @@ def test_a_history_reloaded_from_its_journal_acknowledges_only_up_to_its_first_h
     history.persist_to(tmp_path)
     record(history, 1, 2, 3, 6, 7, 5)
     history.sync()
+    history.close()
     again = History()
     again.persist_to(tmp_path)
     assert again.acks() == {"p1": 3} and again.publishers["p1"].holes == [[4, 4]]
@@ -148,13 +149,16 @@ class AckingPublisher:
     """A runner's socket as the protocol asks: keeps each message until a present broker acknowledges
     it, and on ``resend`` sends again, oldest first, what it still keeps after the given seq."""
 
-    def __init__(self, context: zmq.Context, endpoint: str, pub_id: str = "f100df100df100d0"):
+    def __init__(self, context: zmq.Context, endpoint: str, pub_id: str = "f100df100df100d0",
+                 curve: security.ClientCurve | None = None):
         self.id = pub_id
         self.sock = context.socket(zmq.XPUB)
         self.sock.setsockopt(zmq.XPUB_NODROP, 1)
         self.sock.setsockopt(zmq.XPUB_VERBOSE, 1)
         self.sock.setsockopt(zmq.SNDHWM, 1000)
         self.sock.setsockopt(zmq.LINGER, 0)
+        if curve is not None:
+            curve.apply(self.sock)
         self.sock.connect(endpoint)
         self.header = protocol.header_prefix("json", pub_id)
         self.kept: collections.OrderedDict[int, list[bytes]] = collections.OrderedDict()
