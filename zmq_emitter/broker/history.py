@@ -89,17 +89,12 @@ class PublisherInfo:
                 "missed": self.missed, "pending": self.pending, "last_seq": self.last_seq, "acked": self.acked,
                 "closed": self.closed}
 
-    def record(self, seq: int) -> bool | None:
-        """Note ``seq`` as received: True in order, False filling a hole, None if it is a duplicate."""
-        if seq > self.last_seq:
-            if self.last_seq and seq > self.last_seq + 1:
-                self.holes.append([self.last_seq + 1, seq - 1])
-            self.last_seq = seq
-            return True
+    def fill(self, seq: int) -> bool:
+        """Take ``seq`` (not above ``last_seq``) out of its hole; False if it is in none (a duplicate)."""
         holes = self.holes
         i = bisect.bisect_right(holes, seq, key=lambda hole: hole[0]) - 1
         if i < 0 or holes[i][1] < seq:
-            return None  # received before, or below first_seq (sent before this history knew the publisher)
+            return False  # received before, or below first_seq (sent before this history knew the publisher)
         first, last = holes[i]
         if first == last:
             del holes[i]
@@ -110,7 +105,7 @@ class PublisherInfo:
         else:
             holes[i][1] = seq - 1
             holes.insert(i + 1, [seq + 1, last])
-        return False
+        return True
 
     def hole_at(self, seq: int) -> bool:
         i = bisect.bisect_right(self.holes, seq, key=lambda hole: hole[0]) - 1
@@ -168,19 +163,22 @@ class History:
         pub = self.publishers.get(env.publisher)
         if pub is None:
             pub = self.publishers[env.publisher] = PublisherInfo(first_seq=env.seq)
-        in_order = pub.record(env.seq)
-        if in_order is None:
+        seq, last = env.seq, pub.last_seq
+        if seq > last:  # the usual case: in order
+            if last and seq > last + 1:  # copies missed: a hole, until they are sent again
+                pub.holes.append([last + 1, seq - 1])
+                self.holey.add(env.publisher)
+            pub.last_seq = seq
+        elif pub.fill(seq):
+            pub.late.add(seq)
+            if not pub.holes:
+                self.holey.discard(env.publisher)
+        else:
             pub.duplicates += 1
             return False
-        if pub.holes:
-            self.holey.add(env.publisher)
-        else:
-            self.holey.discard(env.publisher)
         pub.received += 1
         pub.retained += 1
-        if not in_order:
-            pub.late.add(env.seq)
-        key = (env.publisher, env.seq)
+        key = (env.publisher, seq)
         if env.kind == "publisher":  # a closing report: kept for fetch, not part of any run
             pub.closed = _payload(frames)
             ident, first_seq = None, env.seq
@@ -195,16 +193,18 @@ class History:
                 self._runs.move_to_end(ident)
             run.messages += 1
             run.last_seen = received
-            known = run.first_seq.get(env.publisher)
-            if known is None:
+            first_seq = run.first_seq.get(env.publisher)
+            if first_seq is None:  # this publisher's first message of this run (that the history knows of)
                 pub.runs += 1
-            first_seq = run.first_seq[env.publisher] = min(env.seq, run_first_seq or env.seq, known or env.seq)
+                first_seq = run.first_seq[env.publisher] = min(seq, run_first_seq or seq)
+            elif seq < first_seq:  # filled a hole before it
+                first_seq = run.first_seq[env.publisher] = seq
             if env.kind == "status":
                 run.status = env.name
             run.keys.append(key)
             run.retained += 1
 
-        size = sum(len(f) for f in frames)
+        size = len(frames[0]) + len(frames[1]) + len(frames[2])
         self._messages[key] = (ident, frames, size)
         self.bytes += size
         if self.journal is not None:
@@ -230,20 +230,21 @@ class History:
         pub = self.publishers[key[0]]
         # Each publisher's retained messages stay one range of seqs (minus holes), so that what is
         # forgotten is one range too: messages that filled a hole below this one go with it.
-        below = [seq for seq in pub.late if seq < key[1]]
-        self._forgotten(key, ident, size)
+        below = [seq for seq in pub.late if seq < key[1]] if pub.late else ()
+        self._forgotten(key, ident, size, pub)
         for seq in below:
             other = (key[0], seq)
             other_ident, _, other_size = self._messages.pop(other)
-            self._forgotten(other, other_ident, other_size)
-        self._forget_publisher_if_idle(key[0])
+            self._forgotten(other, other_ident, other_size, pub)
+        if not pub.retained:
+            self._forget_publisher_if_idle(key[0])
 
-    def _forgotten(self, key: tuple[str, int], ident: str | None, size: int) -> None:
+    def _forgotten(self, key: tuple[str, int], ident: str | None, size: int, pub: PublisherInfo) -> None:
         """Bookkeeping for a message no longer in ``_messages``."""
         self.bytes -= size
-        pub = self.publishers[key[0]]
         pub.retained -= 1
-        pub.late.discard(key[1])
+        if pub.late:
+            pub.late.discard(key[1])
         run = self._runs.get(ident) if ident is not None else None
         if run is not None:
             run.retained -= 1
