@@ -23,6 +23,11 @@ frontend subscribes, and the proxy starts forwarding, only ``startup_grace`` sec
 after the backend is bound; until then runners' messages wait in their own buffers.
 With a history on disk (``history_dir``), the broker first acknowledges to the runners
 what it had recorded before the restart, so that they do not send it again.
+
+Acknowledgements (``acks.py``) cover, per publisher, what the history holds without a hole,
+and with ``history_dir`` only what is written to disk: a disk that refuses writes is said
+once (the ``zmq_emitter.broker`` logger), retried every second, and meanwhile nothing new is
+acknowledged while the history goes on serving from memory.
 """
 from __future__ import annotations
 
