@@ -104,7 +104,8 @@ def test_a_history_on_disk_comes_back_whole_in_a_new_history(tmp_path):
     first.persist_to(tmp_path / "journal")
     record(first, *(frames("a", seq) for seq in range(1, 6)), frames("b", 6, kind="status", name="failed"),
            frames("", 7, kind="publisher", name="closed"))
-    first.sync()  # what the broker does before acknowledging: no close, as after a SIGKILL
+    first.sync()  # what the broker does before acknowledging; then the end of its process (as after a SIGKILL)
+    first.close()  # releases the directory's lock, as the end of the process does
 
     again = History(max_runs=10, max_bytes=2**20)
     assert again.persist_to(tmp_path / "journal") == 7
@@ -121,6 +122,7 @@ def test_a_record_cut_short_by_a_kill_is_dropped_and_the_journal_goes_on_after_i
     first.persist_to(tmp_path)
     record(first, frames("a", 1), frames("a", 2))
     first.sync()
+    first.close()  # the process ends: the directory's lock goes with it
     (segment,) = tmp_path.glob("segment-*.log")
     segment.write_bytes(segment.read_bytes()[:-3])  # the broker died in the middle of writing seq 2
 
@@ -128,6 +130,7 @@ def test_a_record_cut_short_by_a_kill_is_dropped_and_the_journal_goes_on_after_i
     assert again.persist_to(tmp_path) == 1
     record(again, frames("a", 2), frames("a", 3))
     again.sync()
+    again.close()
     third = History()
     assert third.persist_to(tmp_path) == 3
     assert [protocol.envelope(m).seq for m in third.replay("a")[0]] == [1, 2, 3]
@@ -141,6 +144,7 @@ def test_the_journal_on_disk_stays_within_its_byte_bound(tmp_path):
     on_disk = sum(f.stat().st_size for f in tmp_path.glob("segment-*.log"))
     assert on_disk <= 2**20 + history.journal.segment_bytes + 10_100
     assert {oct(f.stat().st_mode & 0o777) for f in tmp_path.glob("segment-*.log")} == {"0o600"}
+    history.close()
     again = History(max_bytes=2**20)
     again.persist_to(tmp_path)
     messages, missing = again.replay("a")

@@ -8,6 +8,8 @@
 """
 from __future__ import annotations
 
+import logging
+import logging.handlers
 import signal
 import sys
 import threading
@@ -66,19 +68,26 @@ def broker(
         None, "--subscriber-keys", help="With CURVE: directory of the public keys (*.key) of allowed subscribers."),
     ipc_mode: str = typer.Option("600", "--ipc-mode",
                                  help="Permissions of ipc:// socket files the broker binds (octal, or keep)."),
+    name: Optional[str] = typer.Option(None, "--name",
+                                       help="The name runners know this broker by, the same across its restarts "
+                                            "(default: derived from this host's name and --frontend)."),
 ) -> None:
     """Run a broker in the foreground until SIGINT or SIGTERM."""
     curve, mode = _broker_security(curve_secret_key_file, publisher_keys, subscriber_keys, ipc_mode)
     history_endpoints = [] if _split(history) == ["none"] else _split(history)
     if history_dir is not None and not history_endpoints:
         _fail("--history-dir needs the history service: drop --history none", 2)
+    if name is not None and not name.strip():
+        _fail("--name: give a non-empty name (or leave it out for the default)", 2)
+    held_logs = _HeldLogs()
     instance = broker_module.Broker(_split(frontend), _split(backend), history_endpoints,
                                     history_runs=history_runs, history_bytes=history_bytes, history_dir=history_dir,
                                     max_message_size=max_message_size,
-                                    startup_grace=startup_grace, curve=curve, ipc_mode=mode)
+                                    startup_grace=startup_grace, curve=curve, ipc_mode=mode, name=name)
     try:
         instance.start()
     except broker_module.BrokerError as exc:
+        held_logs.let_through()
         _fail(str(exc))
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -91,6 +100,7 @@ def broker(
     if curve is not None:
         typer.echo(f"zmq-emitter broker: CURVE on, public key {curve.pair.public.decode()}; publishers: "
                    f"{curve.publisher_keys or 'any key'}; subscribers: {curve.subscriber_keys or 'any key'}", err=True)
+    held_logs.let_through()  # what the broker logged while starting (a journal's skipped records), after the start line
     try:
         broker_module.run_forever(instance, stats_interval, lambda line: typer.echo(line, err=True), stop)
     finally:
@@ -169,6 +179,24 @@ def keygen(
     typer.echo(f"secret key: {secret_file} (mode 0600; keep it on this machine)")
 
 
+class _HeldLogs(logging.handlers.MemoryHandler):
+    """The library's log lines on stderr, held back until ``let_through``: the start-up line comes first."""
+
+    def __init__(self) -> None:
+        self.target_stream = logging.StreamHandler(sys.stderr)
+        self.target_stream.setFormatter(logging.Formatter("zmq-emitter broker: %(message)s"))
+        super().__init__(10_000, flushLevel=logging.CRITICAL + 1, target=self.target_stream)
+        self.logger = logging.getLogger("zmq_emitter")
+        self.logger.setLevel(logging.INFO)
+        self.logger.propagate = False
+        self.logger.addHandler(self)
+
+    def let_through(self) -> None:
+        self.logger.addHandler(self.target_stream)
+        self.logger.removeHandler(self)
+        self.close()  # flushes what was held
+
+
 def _broker_security(secret_key_file: str | None, publisher_keys: str | None, subscriber_keys: str | None,
                      ipc_mode: str):
     try:
@@ -189,18 +217,29 @@ def _broker_security(secret_key_file: str | None, publisher_keys: str | None, su
 def runs(
     history: str = typer.Option(broker_module.DEFAULT_HISTORY, "--history", help="The broker's history endpoint."),
     timeout: float = typer.Option(5.0, "--timeout", min=0.1, help="Seconds to wait for the broker's answer."),
+    curve_server_key: Optional[str] = typer.Option(
+        None, "--curve-server-key", help="The broker's public key (.key file or z85 text): CURVE encryption."),
+    curve_secret_key_file: Optional[str] = typer.Option(
+        None, "--curve-secret-key-file", help="This client's .key_secret file, for a broker that checks keys "
+                                              "(a subscriber key: the history serves subscribers)."),
 ) -> None:
     """List the runs a broker's history knows, with their last status."""
     problem = check_endpoint(history, bind=False)
     if problem:
         _fail(f"--history {history!r}: {problem}", 2)
-    with Subscriber([], history=history, history_timeout=timeout) as sub:
+    try:
+        sub = Subscriber([], history=history, history_timeout=timeout, curve_server_key=curve_server_key,
+                         curve_secret_key_file=curve_secret_key_file)
+    except security.SecurityError as exc:
+        _fail(f"runs: --curve-server-key/--curve-secret-key-file: {exc}", 2)
+    with sub:
         try:
             answer = sub.request("runs")
         except tail_module.protocol.ProtocolError as exc:
             _fail(f"runs: {exc}")
     if answer is None:
-        _fail(f"runs: no answer from the history service at {history} within {timeout:g}s")
+        _fail(f"runs: no answer from the history service at {history} within {timeout:g}s"
+              + ("" if curve_server_key else " (a broker with CURVE needs --curve-server-key)"))
     typer.echo(f"{'IDENT':<38}  {'STATUS':<11}  {'MESSAGES':>8}  {'RETAINED':>8}  LAST SEEN")
     for run in answer[0]["runs"]:
         seen = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run["last_seen"]))

@@ -30,6 +30,7 @@ import logging
 import os
 import re
 import stat
+import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -263,11 +264,59 @@ class _AnyKey:
         return True
 
 
+class Refusals:
+    """Which refused keys to log now: each (side, key) at most once per ``interval`` seconds.
+
+    A refused client (ZAP denial) may retry at once and for ever; one line a minute per key is
+    enough to see who it is, and the count of the refusals not logged comes with the next line.
+
+    >>> refusals = Refusals(interval=60)
+    >>> refusals.note("publishers", b"KEY", now=0.0), refusals.note("publishers", b"KEY", now=1.0)
+    (0, None)
+    >>> refusals.note("publishers", b"KEY", now=61.0)  # said again, with the one not said
+    1
+    """
+
+    def __init__(self, interval: float = 60.0, limit: int = 10_000):
+        self.interval, self.limit = interval, limit
+        self._said: dict[tuple[str, bytes], list] = {}  # (side, key) -> [when said, refusals not said since]
+
+    def note(self, side: str, key: bytes, now: float) -> int | None:
+        """None: do not log this refusal; otherwise log it, with the number of refusals not logged before it."""
+        entry = self._said.get((side, key))
+        if entry is not None and now - entry[0] < self.interval:
+            entry[1] += 1
+            return None
+        if len(self._said) >= self.limit:  # a flood of distinct keys: keep only the recent ones
+            self._said = {k: v for k, v in self._said.items() if now - v[0] < self.interval}
+        self._said[(side, key)] = [now, 0]
+        return entry[1] if entry is not None else 0
+
+
+class _Logged:
+    """A key provider whose refusals are logged (rate-limited by ``Refusals``)."""
+
+    def __init__(self, provider: "KeyDirectory | _AnyKey", refusals: Refusals):
+        self.provider, self.refusals = provider, refusals
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        allowed = self.provider.callback(domain, key)
+        if not allowed:
+            unsaid = self.refusals.note(domain, key, time.monotonic())
+            if unsaid is not None:
+                log.warning("refused a CURVE client on the %s side: its key %s is not in %s%s",
+                            domain, key.decode(errors="replace"), getattr(self.provider, "path", "the key directory"),
+                            f" ({unsaid} more refusals of this key since it was last logged)" if unsaid else
+                            " (logged at most once a minute per key)")
+        return allowed
+
+
 class Authenticator:
     """The ZAP handler of one context: per ZAP domain, a key directory (or None: any CURVE key).
 
     Runs zmq.auth's ThreadAuthenticator (one Python thread, called only when a peer
     connects, never per message).  Start it before binding the CURVE server sockets.
+    Refused keys are logged (``zmq_emitter.security``), at most once a minute per key and side.
 
         auth = Authenticator(ctx, {"publishers": "keys/publishers", "subscribers": "keys/subscribers"})
         ...
@@ -276,7 +325,9 @@ class Authenticator:
 
     def __init__(self, context: zmq.Context, domains: Mapping[str, str | os.PathLike | None]):
         _require_curve()
-        self._providers = {domain: KeyDirectory(path) if path else _AnyKey() for domain, path in domains.items()}
+        refusals = Refusals()
+        self._providers = {domain: _Logged(KeyDirectory(path) if path else _AnyKey(), refusals)
+                           for domain, path in domains.items()}
         self._auth = ThreadAuthenticator(context, log=logging.getLogger("zmq_emitter.security.zap"))
         self._auth.start()
         for domain, provider in self._providers.items():

@@ -23,11 +23,18 @@ frontend subscribes, and the proxy starts forwarding, only ``startup_grace`` sec
 after the backend is bound; until then runners' messages wait in their own buffers.
 With a history on disk (``history_dir``), the broker first acknowledges to the runners
 what it had recorded before the restart, so that they do not send it again.
+
+Acknowledgements (``acks.py``) cover, per publisher, what the history holds without a hole,
+and with ``history_dir`` only what is written to disk: a disk that refuses writes is said
+once (the ``zmq_emitter.broker`` logger), retried every second, and meanwhile nothing new is
+acknowledged while the history goes on serving from memory.
 """
 from __future__ import annotations
 
 import dataclasses
 import errno
+import logging
+import os
 import threading
 import time
 import uuid
@@ -40,12 +47,17 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from .. import protocol, security
+from .acks import Acknowledgements
 from .history import History
+from .journal import JournalLocked
 
 DEFAULT_FRONTEND = "tcp://127.0.0.1:5557"
 DEFAULT_BACKEND = "tcp://127.0.0.1:5558"
 DEFAULT_HISTORY = "tcp://127.0.0.1:5559"
 DEFAULT_MAX_MESSAGE_SIZE = 16 * 2**20
+DISK_RETRY = 1.0  # seconds between tries of a history directory that refused a write
+
+log = logging.getLogger("zmq_emitter.broker")
 
 
 # What to fix, for the bind errors whose libzmq text alone does not say it.
@@ -108,6 +120,9 @@ class Broker:
         self.history = History(history_runs, history_bytes)
         self.history_dir = history_dir  # the history on disk too: a restarted broker starts with it
         self.history_loaded = 0         # messages loaded from history_dir at start
+        self.history_writable = True    # False while the disk under history_dir refuses writes
+        self._disk_retry_at = 0.0
+        self._disk_given_up = 0
         self._loaded_acks: dict[str, int] = {}
         self._capture_hwm = capture_hwm
         self.max_message_size = max_message_size
@@ -126,44 +141,53 @@ class Broker:
         self._stats = Stats()
         self._stats_lock = threading.Lock()
         self._started = False
+        self._ipc_files: list[tuple[str, int]] = []  # (path, inode) of the ipc:// files bound, removed at stop
 
     # -- lifecycle ----------------------------------------------------------------------
 
     def start(self) -> "Broker":
+        """Bind every endpoint and start the threads; BrokerError (with nothing left open) if it cannot."""
+        try:
+            self._start()
+        except BaseException:
+            self._close_all()  # the journal (and its lock), the sockets, the context: a failed start keeps nothing
+            raise
+        self._started = True
+        return self
+
+    def _start(self) -> None:
         if self.history_dir is not None and self.history_endpoints:
             try:
                 self.history_loaded = self.history.persist_to(self.history_dir)
                 self._loaded_acks = self.history.acks()
+            except JournalLocked as exc:
+                raise BrokerError(f"history directory {self.history_dir!r} (--history-dir): {exc.strerror}; "
+                                  "give each broker a directory of its own") from None
             except OSError as exc:
                 raise BrokerError(f"cannot use history directory {self.history_dir!r} (--history-dir): {exc}") from None
         ctx = self._context
-        frontend, backend = ctx.socket(zmq.XSUB), ctx.socket(zmq.XPUB)
+        frontend = self._frontend = ctx.socket(zmq.XSUB)
+        backend = self._backend = ctx.socket(zmq.XPUB)
         # A hostile or broken publisher sending an oversized message is disconnected by libzmq.
         frontend.setsockopt(zmq.MAXMSGSIZE, self.max_message_size)
         frontend.setsockopt(zmq.RCVHWM, self._rcvhwm)
         backend.setsockopt(zmq.SNDHWM, self._sndhwm)
         for sock in (frontend, backend):
             sock.setsockopt(zmq.LINGER, 0)
-        self._frontend, self._backend = frontend, backend
         if self.curve is not None:  # the ZAP handler must be there before the first peer connects
             self._auth = self.curve.start_authenticator(ctx)
             self.curve.apply(frontend, backend)
-        try:
-            self.frontend_endpoints = self._bind(frontend, self.frontend_endpoints, "frontend")
-            self.backend_endpoints = self._bind(backend, self.backend_endpoints, "backend")
-            if self.history_endpoints:
-                self._replier = ctx.socket(zmq.REP)
-                self._replier.setsockopt(zmq.LINGER, 0)
-                if self.curve is not None:  # the history holds messages: subscribers' keys only
-                    security.curve_server(self._replier, self.curve.pair, security.ServerCurve.SUBSCRIBERS)
-                self.history_endpoints = self._bind(self._replier, self.history_endpoints, "history")
-        except BrokerError:
-            self._close_all()
-            raise
+        self.frontend_endpoints = self._bind(frontend, self.frontend_endpoints, "frontend")
+        self.backend_endpoints = self._bind(backend, self.backend_endpoints, "backend")
+        if self.history_endpoints:
+            self._replier = ctx.socket(zmq.REP)
+            self._replier.setsockopt(zmq.LINGER, 0)
+            if self.curve is not None:  # the history holds messages: subscribers' keys only
+                security.curve_server(self._replier, self.curve.pair, security.ServerCurve.SUBSCRIBERS)
+            self.history_endpoints = self._bind(self._replier, self.history_endpoints, "history")
 
-        control = ctx.socket(zmq.PAIR)
-        control.bind(f"inproc://control-{self._name}")
-        self._control_proxy_side = control
+        self._control_proxy_side = ctx.socket(zmq.PAIR)
+        self._control_proxy_side.bind(f"inproc://control-{self._name}")
         self._control = ctx.socket(zmq.PAIR)
         self._control.connect(f"inproc://control-{self._name}")
         self._monitor = backend.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
@@ -189,8 +213,6 @@ class Broker:
             self._threads.append(threading.Thread(target=self._run_history, name="zmq-emitter-history", daemon=True))
         for thread in self._threads:
             thread.start()
-        self._started = True
-        return self
 
     def _bind(self, sock: zmq.Socket, endpoints: list[str], side: str) -> list[str]:
         bound = []
@@ -205,6 +227,9 @@ class Broker:
                 hint = _BIND_HINTS.get(exc.errno, "")
                 raise BrokerError(f"cannot bind {side} endpoint {endpoint!r}: {exc}{hint}") from None
             bound.append(sock.getsockopt_string(zmq.LAST_ENDPOINT))
+            path = security.ipc_path(bound[-1])
+            if path is not None:
+                self._ipc_files.append((path, os.stat(path).st_ino))
             try:
                 security.restrict_ipc(bound[-1], self.ipc_mode)
             except security.SecurityError as exc:
@@ -234,7 +259,15 @@ class Broker:
         if self._auth is not None:
             self._auth.stop()
             self._auth = None
+        self.history.close()
         self._context.term()
+        for path, inode in self._ipc_files:  # libzmq leaves them; a broker bound there since has its own
+            try:
+                if os.stat(path).st_ino == inode:
+                    os.unlink(path)
+            except OSError:
+                pass
+        self._ipc_files = []
 
     def __enter__(self) -> "Broker":
         return self.start()
@@ -280,28 +313,45 @@ class Broker:
             zmq.proxy_steerable(self._frontend, self._backend, self._capture, self._control_proxy_side)
         except zmq.ContextTerminated:
             pass
+        except zmq.ZMQError as exc:  # not seen in practice; said rather than left to a thread's traceback
+            log.error("the proxy stopped forwarding: %s", exc)
 
     def _run_manager(self) -> None:
-        """Owns the control and monitor sockets: counts subscribers, polls statistics, stops the proxy."""
+        """Owns the control and monitor sockets: counts subscribers, polls statistics, stops the proxy.
+
+        Never waits on the proxy: a statistics request is answered when the proxy gets to it (if
+        its thread ended, never), and the loop goes on checking for ``stop`` every 0.1 s.
+        """
         poller = zmq.Poller()
         poller.register(self._monitor, zmq.POLLIN)
+        poller.register(self._control, zmq.POLLIN)
+        asking, next_ask = False, 0.0  # a STATISTICS request not answered yet; when to send the next one
         while not self._stopping.is_set():
             for sock, _ in poller.poll(100):
-                event = recv_monitor_message(sock)["event"]
-                with self._stats_lock:
-                    self._stats.subscribers += 1 if event == zmq.EVENT_ACCEPTED else -1
-            if self._forwarding.is_set():
-                self._read_proxy_counters()
+                if sock is self._monitor:
+                    event = recv_monitor_message(sock, zmq.NOBLOCK)["event"]
+                    with self._stats_lock:
+                        self._stats.subscribers += 1 if event == zmq.EVENT_ACCEPTED else -1
+                else:
+                    self._read_proxy_counters(self._control.recv_multipart(zmq.NOBLOCK))
+                    asking = False
+            now = time.monotonic()
+            if self._forwarding.is_set() and not asking and now >= next_ask:
+                self._control.send(b"STATISTICS", zmq.NOBLOCK)
+                asking, next_ask = True, now + 0.1
         if self._forwarding.is_set():
-            self._control.send(b"TERMINATE")
+            try:
+                self._control.send(b"TERMINATE", zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass  # the proxy's thread has ended already
 
     def _run_history(self) -> None:
         """Owns the capture, acknowledgement and history sockets; the only thread touching ``history``."""
         captured, replier, acker, history = self._captured, self._replier, self._acker, self.history
+        acknowledgements = Acknowledgements(history, self.name, self._token)
         poller = zmq.Poller()
         poller.register(captured, zmq.POLLIN)
         poller.register(replier, zmq.POLLIN)
-        updated: dict[str, int] = {}
 
         def record(batch: int | None) -> None:
             """Record captured copies: ``batch`` of them at most, or all there are (None)."""
@@ -319,7 +369,7 @@ class Broker:
                 except protocol.ProtocolError:
                     continue
                 history.add(env, frames)
-                updated[env.publisher] = history.publishers[env.publisher].last_seq
+                acknowledgements.heard(env.publisher)
 
         while not self._stopping.is_set():
             ready = dict(poller.poll(100))
@@ -331,18 +381,46 @@ class Broker:
                 record(None)
                 request = replier.recv_multipart()
                 replier.send_multipart(history.answer(request[0]), copy=False)
-            if updated:
-                history.sync()  # acknowledged means recorded, on disk too with a history directory
-                acker.send(self._ack(updated))
-                updated = {}
+            now = time.monotonic()
+            # Acknowledged means recorded, on disk too with a history directory: while the disk
+            # refuses, acknowledgements stop moving, so that runners keep what is not on disk.
+            acknowledgements.paused = not self._write_journal(now)
+            ack = acknowledgements.due(now)
+            if ack is not None:
+                acker.send(protocol.ack_frame(ack))
         history.close()
+
+    def _write_journal(self, now: float) -> bool:
+        """Hand the history's new records to the disk; False while it refuses (said once, retried)."""
+        journal = self.history.journal
+        if journal is None:
+            return True
+        if not self.history_writable and now < self._disk_retry_at:
+            return False
+        given_up = journal.given_up
+        try:
+            self.history.sync()
+        except OSError as exc:
+            if self.history_writable:
+                log.error("history: cannot write to %s (--history-dir): %s; serving from memory, acknowledging "
+                          "nothing new until it is written (runners keep it); retrying every %g s",
+                          self.history_dir, exc.strerror or exc, DISK_RETRY)
+                self.history_writable = False
+                self._disk_given_up = given_up
+            self._disk_retry_at = now + DISK_RETRY
+            return False
+        if not self.history_writable:
+            lost = journal.given_up - self._disk_given_up
+            log.warning("history: writing to %s (--history-dir) again; acknowledging again%s", self.history_dir,
+                        f"; {lost} older records beyond --history-bytes were not written" if lost else "")
+            self.history_writable = True
+        return True
 
     def _ack(self, acks: dict[str, int]) -> bytes:
         return protocol.ack_frame(protocol.Ack(self.name, self._token, acks))
 
-    def _read_proxy_counters(self) -> None:
-        self._control.send(b"STATISTICS")
-        values = [int.from_bytes(frame, "little") for frame in self._control.recv_multipart()]
+    def _read_proxy_counters(self, reply: list[bytes]) -> None:
+        values = [int.from_bytes(frame, "little") for frame in reply]
         # frontend: msgs in, bytes in, msgs out, bytes out; then the same for the backend.
         # libzmq's proxy counts message parts (frames); a protocol message is 3 frames.
         with self._stats_lock:

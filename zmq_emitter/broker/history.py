@@ -3,13 +3,21 @@
 The broker's capture thread feeds it every message it forwards; late joiners and
 subscribers that missed messages ask it (REQ/REP, see ``protocol.request``) for:
 
-- ``runs``: the runs it knows, each with its last status;
+- ``runs``: the runs it knows, each with its last status, and the publishers of those runs;
 - ``replay``: one run's messages from a sequence number on;
 - ``fetch``: a publisher's messages in a sequence range (gap recovery).
 
 Bounds: at most ``max_runs`` runs (the least recently active run is forgotten first)
 and ``max_bytes`` bytes of messages (the oldest messages are forgotten first).  What
-was forgotten is reported as missing, never silently left out.
+was forgotten is reported as missing, never silently left out.  A publisher is
+remembered while a retained run or message is its, or while the history waits for
+messages of it to be sent again; then it is forgotten too.
+
+Coverage, for acknowledgements: per publisher, the history counts from the first ``seq``
+it saw; a ``seq`` that jumps leaves a *hole* (a copy the capture socket dropped under
+overload), which a message sent again fills later.  ``acked`` is the highest ``seq`` up to
+which nothing is missing: what the broker may acknowledge (``acks.py`` asks publishers to
+send the holes again, and gives a hole up as lost when they cannot).
 
 Durability (optional, ``persist_to(directory)``): a ``Journal`` of append-only segment
 files, reloaded when the broker starts again, even after SIGKILL.
@@ -17,21 +25,22 @@ files, reloaded when the broker starts again, even after SIGKILL.
     >>> h = History(max_runs=10, max_bytes=2**20)
     >>> frames = [b"status/run-1/running", protocol.header_prefix("json", "p1") + b"1}", b"{}"]
     >>> h.add(protocol.envelope(frames), frames)
-    >>> [run["status"] for run in h.runs()]
-    ['running']
+    True
+    >>> [run["status"] for run in h.runs()], h.acks()
+    (['running'], {'p1': 1})
 """
 from __future__ import annotations
 
+import bisect
 import collections
 import dataclasses
 import os
-import struct
 import time
-from pathlib import Path
-from typing import Iterator
+from typing import Iterable
 
 from .. import protocol
 from ..protocol import Envelope, ProtocolError
+from .journal import Journal
 
 
 @dataclasses.dataclass
@@ -42,24 +51,65 @@ class RunInfo:
     first_seen: float = dataclasses.field(default_factory=time.time)
     last_seen: float = dataclasses.field(default_factory=time.time)
     first_seq: dict = dataclasses.field(default_factory=dict)   # publisher -> first seq of this run
-    keys: collections.deque = dataclasses.field(default_factory=collections.deque)  # (pub, seq) retained
+    # (pub, seq) in arrival order; a key forgotten out of turn stays until it reaches the front
+    keys: collections.deque = dataclasses.field(default_factory=collections.deque)
+    retained: int = 0                 # keys still in the history
 
     def summary(self) -> dict:
         return {"ident": self.ident, "status": self.status, "messages": self.messages,
-                "retained": len(self.keys), "publishers": sorted(self.first_seq),
+                "retained": self.retained, "publishers": sorted(self.first_seq),
                 "first_seen": self.first_seen, "last_seen": self.last_seen}
 
 
 @dataclasses.dataclass
 class PublisherInfo:
+    first_seq: int         # the first seq seen: coverage counts from here
     received: int = 0      # distinct messages received
     duplicates: int = 0    # messages received again (a publisher re-sending after a broker restart)
-    missed: int = 0        # sequence numbers that never reached the broker
-    last_seq: int = 0
+    missed: int = 0        # sequence numbers given up as lost (the publisher could not send them again)
+    last_seq: int = 0      # the highest seq received
+    holes: list = dataclasses.field(default_factory=list)  # [[first, last], ...] not received yet, in order
     closed: dict | None = None  # the publisher's own closing report, if it sent one
+    retained: int = 0      # its messages in the history now
+    runs: int = 0          # retained runs it published in
+    late: set = dataclasses.field(default_factory=set)  # retained seqs that filled a hole (arrived out of order)
+
+    @property
+    def acked(self) -> int:
+        """The highest seq up to which every message (from ``first_seq`` on) was received."""
+        return self.holes[0][0] - 1 if self.holes else self.last_seq
+
+    @property
+    def pending(self) -> int:
+        """Sequence numbers not received yet below ``last_seq`` (asked for again)."""
+        return sum(last - first + 1 for first, last in self.holes)
 
     def summary(self, publisher: str) -> dict:
-        return {"publisher": publisher, **dataclasses.asdict(self)}
+        return {"publisher": publisher, "received": self.received, "duplicates": self.duplicates,
+                "missed": self.missed, "pending": self.pending, "last_seq": self.last_seq, "acked": self.acked,
+                "closed": self.closed}
+
+    def fill(self, seq: int) -> bool:
+        """Take ``seq`` (not above ``last_seq``) out of its hole; False if it is in none (a duplicate)."""
+        holes = self.holes
+        i = bisect.bisect_right(holes, seq, key=lambda hole: hole[0]) - 1
+        if i < 0 or holes[i][1] < seq:
+            return False  # received before, or below first_seq (sent before this history knew the publisher)
+        first, last = holes[i]
+        if first == last:
+            del holes[i]
+        elif seq == first:
+            holes[i][0] = seq + 1
+        elif seq == last:
+            holes[i][1] = seq - 1
+        else:
+            holes[i][1] = seq - 1
+            holes.insert(i + 1, [seq + 1, last])
+        return True
+
+    def hole_at(self, seq: int) -> bool:
+        i = bisect.bisect_right(self.holes, seq, key=lambda hole: hole[0]) - 1
+        return i >= 0 and self.holes[i][1] >= seq
 
 
 class History:
@@ -70,6 +120,7 @@ class History:
         self._messages: collections.OrderedDict = collections.OrderedDict()  # (pub, seq) -> (ident, frames, size)
         self._runs: collections.OrderedDict[str, RunInfo] = collections.OrderedDict()
         self.publishers: dict[str, PublisherInfo] = {}
+        self.holey: set[str] = set()  # publishers with holes
         self.journal: Journal | None = None
 
     def persist_to(self, directory: str | os.PathLike) -> int:
@@ -79,18 +130,22 @@ class History:
         """
         journal = Journal(directory, self.max_bytes)
         loaded = 0
-        for received, run_first_seq, frames in journal.load():
-            try:
-                env = protocol.envelope(frames)
-            except ProtocolError:
-                continue
-            loaded += self.add(env, frames, received, run_first_seq)
-        journal.start_segment()
+        try:
+            for received, run_first_seq, frames in journal.load():
+                try:
+                    env = protocol.envelope(frames)
+                except ProtocolError:
+                    continue
+                loaded += self.add(env, frames, received, run_first_seq)
+        except BaseException:
+            journal.close()  # the directory's lock with it
+            raise
         self.journal = journal  # from now on: loaded records are not written again
         return loaded
 
     def sync(self) -> None:
-        """Hand what was recorded to the OS: call before acknowledging it."""
+        """Hand what was recorded to the OS: call before acknowledging it.  OSError if the disk refuses
+        (what is not written stays queued for the next call: ``journal.py``)."""
         if self.journal is not None:
             self.journal.flush()
 
@@ -107,15 +162,23 @@ class History:
         received = time.time() if received is None else received
         pub = self.publishers.get(env.publisher)
         if pub is None:
-            pub = self.publishers[env.publisher] = PublisherInfo()
-        if env.seq <= pub.last_seq:
+            pub = self.publishers[env.publisher] = PublisherInfo(first_seq=env.seq)
+        seq, last = env.seq, pub.last_seq
+        if seq > last:  # the usual case: in order
+            if last and seq > last + 1:  # copies missed: a hole, until they are sent again
+                pub.holes.append([last + 1, seq - 1])
+                self.holey.add(env.publisher)
+            pub.last_seq = seq
+        elif pub.fill(seq):
+            pub.late.add(seq)
+            if not pub.holes:
+                self.holey.discard(env.publisher)
+        else:
             pub.duplicates += 1
             return False
-        if pub.last_seq and env.seq > pub.last_seq + 1:
-            pub.missed += env.seq - pub.last_seq - 1
-        pub.last_seq = env.seq
         pub.received += 1
-        key = (env.publisher, env.seq)
+        pub.retained += 1
+        key = (env.publisher, seq)
         if env.kind == "publisher":  # a closing report: kept for fetch, not part of any run
             pub.closed = _payload(frames)
             ident, first_seq = None, env.seq
@@ -130,27 +193,82 @@ class History:
                 self._runs.move_to_end(ident)
             run.messages += 1
             run.last_seen = received
-            first_seq = run.first_seq.setdefault(env.publisher, run_first_seq or env.seq)
+            first_seq = run.first_seq.get(env.publisher)
+            if first_seq is None:  # this publisher's first message of this run (that the history knows of)
+                pub.runs += 1
+                first_seq = run.first_seq[env.publisher] = min(seq, run_first_seq or seq)
+            elif seq < first_seq:  # filled a hole before it
+                first_seq = run.first_seq[env.publisher] = seq
             if env.kind == "status":
                 run.status = env.name
             run.keys.append(key)
+            run.retained += 1
 
-        size = sum(len(f) for f in frames)
+        size = len(frames[0]) + len(frames[1]) + len(frames[2])
         self._messages[key] = (ident, frames, size)
         self.bytes += size
         if self.journal is not None:
             self.journal.append(received, first_seq, frames)
         while self.bytes > self.max_bytes and self._messages:
-            _, (old_ident, _, old_size) = self._messages.popitem(last=False)
-            if old_ident is not None:
-                self._runs[old_ident].keys.popleft()  # a run's keys are in arrival order too
-            self.bytes -= old_size
+            self._forget_oldest()
         return True
+
+    def give_up(self, publisher: str) -> tuple[int, int] | None:
+        """Count the publisher's first hole as lost for good (it cannot send it again); its range, or None."""
+        pub = self.publishers.get(publisher)
+        if pub is None or not pub.holes:
+            return None
+        first, last = pub.holes.pop(0)
+        pub.missed += last - first + 1
+        if not pub.holes:
+            self.holey.discard(publisher)
+            self._forget_publisher_if_idle(publisher)
+        return first, last
+
+    def _forget_oldest(self) -> None:
+        key, (ident, _, size) = self._messages.popitem(last=False)
+        pub = self.publishers[key[0]]
+        # Each publisher's retained messages stay one range of seqs (minus holes), so that what is
+        # forgotten is one range too: messages that filled a hole below this one go with it.
+        below = [seq for seq in pub.late if seq < key[1]] if pub.late else ()
+        self._forgotten(key, ident, size, pub)
+        for seq in below:
+            other = (key[0], seq)
+            other_ident, _, other_size = self._messages.pop(other)
+            self._forgotten(other, other_ident, other_size, pub)
+        if not pub.retained:
+            self._forget_publisher_if_idle(key[0])
+
+    def _forgotten(self, key: tuple[str, int], ident: str | None, size: int, pub: PublisherInfo) -> None:
+        """Bookkeeping for a message no longer in ``_messages``."""
+        self.bytes -= size
+        pub.retained -= 1
+        if pub.late:
+            pub.late.discard(key[1])
+        run = self._runs.get(ident) if ident is not None else None
+        if run is not None:
+            run.retained -= 1
+            keys, messages = run.keys, self._messages
+            while keys and keys[0] not in messages:
+                keys.popleft()
 
     def _forget_run(self, ident: str) -> None:
         run = self._runs.pop(ident)
         for key in run.keys:
-            self.bytes -= self._messages.pop(key)[2]
+            entry = self._messages.pop(key, None)
+            if entry is not None:
+                self.bytes -= entry[2]
+                pub = self.publishers[key[0]]
+                pub.retained -= 1
+                pub.late.discard(key[1])
+        for publisher in run.first_seq:
+            self.publishers[publisher].runs -= 1
+            self._forget_publisher_if_idle(publisher)
+
+    def _forget_publisher_if_idle(self, publisher: str) -> None:
+        pub = self.publishers[publisher]
+        if not (pub.retained or pub.runs or pub.holes):
+            del self.publishers[publisher]
 
     # -- queries ------------------------------------------------------------------------
 
@@ -158,15 +276,18 @@ class History:
         return [run.summary() for run in self._runs.values()]
 
     def replay(self, ident: str, from_seq: int = 1) -> tuple[list[list[bytes]], list[list]]:
-        """One run's retained messages with seq >= from_seq, and per publisher what is no longer retained."""
+        """One run's retained messages with seq >= from_seq, each publisher's in seq order, and per
+        publisher what is no longer retained."""
         run = self._runs.get(ident)
         if run is None:
             return [], []
-        messages = [self._messages[key][1] for key in run.keys if key[1] >= from_seq]
+        retained = [key for key in run.keys if key in self._messages]
+        messages = [self._messages[key][1] for key in _in_seq_order(key for key in retained if key[1] >= from_seq)]
         missing = []
         first_retained: dict[str, int] = {}
-        for pub, seq in run.keys:
-            first_retained.setdefault(pub, seq)
+        for pub, seq in retained:
+            if seq < first_retained.get(pub, seq + 1):
+                first_retained[pub] = seq
         for pub, first in run.first_seq.items():
             start = max(first, from_seq)
             end = first_retained.get(pub, self.publishers[pub].last_seq + 1) - 1
@@ -175,21 +296,33 @@ class History:
         return messages, missing
 
     def fetch(self, publisher: str, first: int, last: int) -> tuple[list[list[bytes]], list[list]]:
-        """A publisher's retained messages first..last, and the ranges not retained."""
+        """A publisher's retained messages first..last, and the ranges not retained and gone for good
+        (a hole the broker still asks the publisher for is not gone: see ``pending``)."""
         last = min(last, first + protocol.MAX_FETCH - 1)
+        pub = self.publishers.get(publisher)
         messages, missing = [], []
         for seq in range(first, last + 1):
             entry = self._messages.get((publisher, seq))
             if entry is not None:
                 messages.append(entry[1])
+            elif pub is not None and pub.hole_at(seq):
+                continue
             elif missing and missing[-1][2] == seq - 1:
                 missing[-1][2] = seq
             else:
                 missing.append([publisher, seq, seq])
         return messages, missing
 
+    def pending(self, publisher: str, first: int, last: int) -> list[list]:
+        """The ranges of first..last not received yet that the publisher is asked to send again."""
+        pub = self.publishers.get(publisher)
+        if pub is None:
+            return []
+        return [[publisher, max(a, first), min(b, last)] for a, b in pub.holes if a <= last and b >= first]
+
     def acks(self) -> dict[str, int]:
-        return {pub: info.last_seq for pub, info in self.publishers.items()}
+        """Per publisher, the highest seq up to which the history received every message."""
+        return {pub: info.acked for pub, info in self.publishers.items() if info.acked}
 
     def answer(self, request: bytes) -> list[bytes]:
         """Serve one history request (see ``protocol.request``); never raises on bad input."""
@@ -201,13 +334,25 @@ class History:
                                        "publishers": [p.summary(k) for k, p in self.publishers.items()]})
             if op == "replay":
                 messages, missing = self.replay(str(req["ident"]), int(req.get("from_seq", 1)))
-            elif op == "fetch":
-                messages, missing = self.fetch(str(req["pub"]), int(req["first"]), int(req["last"]))
-            else:
-                return protocol.error_reply(f"unknown op {op!r}; accepted: runs, replay, fetch")
+                return protocol.reply({"count": len(messages), "missing": missing}, messages)
+            if op == "fetch":
+                pub, first, last = str(req["pub"]), int(req["first"]), int(req["last"])
+                messages, missing = self.fetch(pub, first, last)
+                pending = self.pending(pub, first, min(last, first + protocol.MAX_FETCH - 1))
+                return protocol.reply({"count": len(messages), "missing": missing, "pending": pending}, messages)
+            return protocol.error_reply(f"unknown op {op!r}; accepted: runs, replay, fetch")
         except (ValueError, KeyError, TypeError) as exc:
             return protocol.error_reply(f"bad request: {exc!r}")
-        return protocol.reply({"count": len(messages), "missing": missing}, messages)
+
+
+def _in_seq_order(keys: Iterable[tuple[str, int]]) -> list[tuple[str, int]]:
+    """``keys`` with each publisher's seqs sorted, keeping the publishers' interleaving."""
+    keys = list(keys)
+    by_publisher: dict[str, list[int]] = {}
+    for pub, seq in keys:
+        by_publisher.setdefault(pub, []).append(seq)
+    ordered = {pub: iter(sorted(seqs)) for pub, seqs in by_publisher.items()}
+    return [(pub, next(ordered[pub])) for pub, _ in keys]
 
 
 def _payload(frames: list[bytes]) -> dict | None:
@@ -215,86 +360,3 @@ def _payload(frames: list[bytes]) -> dict | None:
         return protocol.decode(frames).payload
     except protocol.ProtocolError:
         return None
-
-
-# When received, the first seq of the message's run from its publisher (what was forgotten
-# is still reported as missing after a reload), then the lengths of the three frames.
-_RECORD = struct.Struct("<dQIII")
-
-
-class Journal:
-    """The history on disk: append-only segment files ``segment-<n>.log`` in one directory.
-
-    A record is the receive time, the run's first seq and the three frames, length-prefixed.  ``flush`` hands
-    buffered records to the OS; the broker flushes before each acknowledgement, so every
-    message a publisher saw acknowledged survives the broker process, SIGKILL included
-    (not a power loss: there is no fsync).  A segment is closed at ``segment_bytes``; the
-    oldest closed segments are deleted while they hold more than ``max_bytes``.  A record
-    cut short by a kill is cut off when the journal is loaded.
-    """
-
-    def __init__(self, directory: str | os.PathLike, max_bytes: int, segment_bytes: int | None = None):
-        self.directory = Path(directory)
-        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.max_bytes = max_bytes
-        self.segment_bytes = segment_bytes or max(2**20, max_bytes // 8)
-        self._closed: collections.deque[tuple[Path, int]] = collections.deque()  # (path, bytes), oldest first
-        self._file = None      # the segment being written, with its path and size
-        self._path: Path | None = None
-        self._size = 0
-
-    def _segments(self) -> list[Path]:
-        return sorted(self.directory.glob("segment-*.log"))
-
-    def load(self) -> Iterator[tuple[float, int, list[bytes]]]:
-        """Every whole record, oldest first."""
-        for path in self._segments():
-            with open(path, "r+b") as f:
-                data = f.read()
-                offset = 0
-                while offset + _RECORD.size <= len(data):
-                    received, run_first_seq, *lengths = _RECORD.unpack_from(data, offset)
-                    start, end = offset + _RECORD.size, offset + _RECORD.size + sum(lengths)
-                    if end > len(data):
-                        break
-                    first, second = start + lengths[0], start + lengths[0] + lengths[1]
-                    yield received, run_first_seq, [data[start:first], data[first:second], data[second:end]]
-                    offset = end
-                if offset < len(data):
-                    f.truncate(offset)  # the end of a record the broker was killed while writing
-            self._closed.append((path, offset))
-
-    def start_segment(self) -> None:
-        segments = self._segments()
-        number = int(segments[-1].stem.split("-")[1]) + 1 if segments else 1
-        path = self.directory / f"segment-{number:012d}.log"
-        self._file = os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
-        self._path, self._size = path, 0
-        self._prune()
-
-    def append(self, received: float, run_first_seq: int, frames: list[bytes]) -> None:
-        write = self._file.write
-        write(_RECORD.pack(received, run_first_seq, len(frames[0]), len(frames[1]), len(frames[2])))
-        for frame in frames:
-            write(frame)
-        self._size += _RECORD.size + len(frames[0]) + len(frames[1]) + len(frames[2])
-        if self._size >= self.segment_bytes:
-            self._file.close()
-            self._closed.append((self._path, self._size))
-            self.start_segment()
-
-    def _prune(self) -> None:
-        held = sum(size for _, size in self._closed)
-        while self._closed and held > self.max_bytes:
-            path, size = self._closed.popleft()
-            path.unlink(missing_ok=True)
-            held -= size
-
-    def flush(self) -> None:
-        if self._file is not None:
-            self._file.flush()
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None

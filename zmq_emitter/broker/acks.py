@@ -1,0 +1,119 @@
+"""What a broker tells its publishers upstream: acknowledgements and requests to send again.
+
+Sans-I/O: the history thread feeds it the publishers it heard from and the time, and sends
+the ``protocol.Ack`` it returns; nothing here touches a socket or a clock.
+
+- **Acknowledge only what the history holds**: per publisher, ``History.acked`` — the highest
+  ``seq`` up to which every message (from the first one the history saw) was recorded.  The
+  capture socket drops copies when the history falls behind (by design: it never slows
+  forwarding), so the last ``seq`` received can be far ahead of that.
+- **Ask for holes again** (``resend``): once when a publisher's first hole appears (or the
+  one before it is filled), again every ``retry_after`` seconds while it stays.  The publisher
+  sends everything it still keeps after ``acked``, oldest first.
+- **Give a hole up** when it cannot be filled, so that acknowledgements move on: after
+  ``give_up_after`` requests, the last of which the publisher answered (messages of it came
+  after the request, yet not the hole: it no longer has those messages, e.g. pushed out of
+  its full buffer), or ``abandon_after`` seconds after the first request whatever happened
+  (a publisher that went away).  The history counts the hole as ``missed`` and reports it
+  as missing; it is never acknowledged as received without being counted.
+
+    >>> from zmq_emitter.broker.history import History
+    >>> history = History()
+    >>> acks = Acknowledgements(history, "broker-a", "token")
+    >>> for seq in (1, 2, 5):  # 3 and 4: copies the capture socket dropped
+    ...     frames = [b"event/r/x", protocol.header_prefix("json", "p1") + b"%d}" % seq, b"{}"]
+    ...     _ = history.add(protocol.envelope(frames), frames)
+    ...     acks.heard("p1")
+    >>> ack = acks.due(now=0.0)
+    >>> ack.acks, ack.resend
+    ({'p1': 2}, {'p1': 2})
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+from .. import protocol
+from .history import History
+
+log = logging.getLogger("zmq_emitter.broker")
+
+
+@dataclasses.dataclass
+class _Request:
+    """The last request to send again after ``acked``."""
+
+    acked: int
+    at: float          # when it was sent
+    first_at: float    # when this hole was first asked for
+    times: int = 1
+    answered: bool = False  # messages of the publisher came after it
+
+
+class Acknowledgements:
+    """Decides the ``protocol.Ack`` frames of one broker (see the module docstring)."""
+
+    retry_after = 1.0      # seconds between requests for the same hole
+    min_interval = 0.2     # seconds between any two requests to one publisher
+    give_up_after = 5      # requests, the last one answered, before a hole counts as lost
+    abandon_after = 600.0  # seconds after the first request: lost whatever happened
+
+    def __init__(self, history: History, broker: str, token: str):
+        self.history = history
+        self.broker, self.token = broker, token
+        self._unacknowledged: set[str] = set()   # publishers heard from since the last acknowledgement
+        self._heard: set[str] = set()            # publishers heard from since the last ``due``
+        self._requests: dict[str, _Request] = {}  # publisher -> the last request to send again
+        self.paused = False  # True while what the history recorded is not safe yet (a full disk)
+
+    def heard(self, publisher: str) -> None:
+        """A message of ``publisher`` came (recorded or a duplicate: either way it wants an acknowledgement)."""
+        self._heard.add(publisher)
+        self._unacknowledged.add(publisher)
+
+    def due(self, now: float) -> protocol.Ack | None:
+        """The acknowledgement to send now, if any; call after each batch and every ~0.1 s."""
+        history = self.history
+        resend: dict[str, int] = {}
+        for publisher in list(history.holey) + [p for p in self._requests if p not in history.holey]:
+            self._request(publisher, now, resend)
+        self._heard.clear()
+        if self.paused:
+            return protocol.Ack(self.broker, self.token, {}, resend) if resend else None
+        acks = {}
+        for publisher in self._unacknowledged:
+            pub = history.publishers.get(publisher)
+            if pub is not None and pub.acked:
+                acks[publisher] = pub.acked
+        self._unacknowledged.clear()
+        if not acks and not resend:
+            return None
+        return protocol.Ack(self.broker, self.token, acks, resend)
+
+    def _request(self, publisher: str, now: float, resend: dict[str, int]) -> None:
+        pub = self.history.publishers.get(publisher)
+        request = self._requests.get(publisher)
+        if pub is None or not pub.holes:
+            self._requests.pop(publisher, None)
+            return
+        if request is not None and publisher in self._heard:
+            request.answered = True
+        acked = pub.acked
+        if request is None or (request.acked != acked and now - request.at >= self.min_interval):
+            # A new first hole: ask at once, or, after a request that filled the hole before it, once
+            # that request's messages had time to come (asking during them would repeat them all).
+            self._requests[publisher] = _Request(acked, now, now)
+            resend[publisher] = acked
+            return
+        if now - request.at < self.retry_after:
+            return
+        if (request.answered and request.times >= self.give_up_after) or now - request.first_at >= self.abandon_after:
+            first, last = self.history.give_up(publisher)
+            log.warning("history: publisher %s did not send seq %d..%d again after %d requests; counted as "
+                        "missed", publisher, first, last, request.times)
+            del self._requests[publisher]
+            self._unacknowledged.add(publisher)  # its acknowledgement moves past the hole
+            self._request(publisher, now, resend)  # the next hole, if any
+            return
+        request.at, request.times, request.answered = now, request.times + 1, False
+        resend[publisher] = acked
