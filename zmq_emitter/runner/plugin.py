@@ -21,7 +21,8 @@ Design, because every playbook pays for what this module costs:
   dropping silently; the message then waits in that buffer too.  Nothing blocks the run.
 - A broker with history acknowledges what it received (``ACK`` frames upstream); the
   plugin then keeps sent messages until acknowledged and sends the rest again, in order,
-  when a broker comes back after a restart (docs/reliability.md: at least once).
+  when a broker comes back after a restart (docs/reliability.md: at least once).  That
+  state machine is ``outbox.Outbox``, without sockets; this module does the I/O around it.
 - A daemon thread flushes the buffer while anything is in it, so nothing waits for the
   next event.
 - What the buffer bound forces out is counted and reported in one log line at exit, and
@@ -32,7 +33,6 @@ Design, because every playbook pays for what this module costs:
 from __future__ import annotations
 
 import atexit
-import collections
 import logging
 import os
 import secrets
@@ -46,16 +46,19 @@ import zmq
 from .. import protocol, security
 from . import redact
 from .config import Config, ConfigError, load
+from .outbox import Entry, Outbox
 
 log = logging.getLogger("zmq_emitter")
 
 _POLL_INTERVAL = 0.01  # seconds between looks at the socket's incoming subscriptions
 _MORE = zmq.NOBLOCK | zmq.SNDMORE
 _LAST = zmq.NOBLOCK
+_monotonic = time.monotonic
+_entry = tuple.__new__  # Entry(...) without NamedTuple's Python-level __new__: half the cost on the hot path
 
 
 class Publisher:
-    """One XPUB socket with its sequence numbers and its buffer.  Thread-safe.
+    """One XPUB socket, its outbox (outbox.py) and the thread that flushes it.  Thread-safe.
 
     >>> pub = Publisher(Config(bind=("tcp://127.0.0.1:*",)))
     >>> pub.send(b"status/run-1/starting", pub.header_prefix("json"), b'{"status":"starting"}')
@@ -66,20 +69,8 @@ class Publisher:
         self.id = secrets.token_hex(8)
         self._pid = os.getpid()
         self._lock = threading.Lock()
-        self._seq = 0
         self._linger_ms = config.linger
-        self._max_messages = config.buffer_messages
-        self._max_bytes = config.buffer_bytes
-        # The buffer, oldest first: messages sent but not yet acknowledged by a broker
-        # (kept only once a broker has acknowledged something), then messages not sent yet.
-        self._sent: collections.deque = collections.deque()    # (seq, frames)
-        self._unsent: collections.deque = collections.deque()  # (seq, frames)
-        self._buffer_bytes = 0
-        self._acknowledging = False  # a peer acknowledges what it received (a broker with history)
-        self.dropped = 0      # pushed out of the full buffer before they were ever sent
-        self.unconfirmed = 0  # pushed out of the full buffer after sending, never acknowledged
-        self._subscriptions: set[bytes] = set()
-        self._brokers: dict[str, str] = {}  # brokers that acknowledge: name -> token (protocol.Presence)
+        self._outbox = Outbox(self.id, max_messages=config.buffer_messages, max_bytes=config.buffer_bytes)
         self._next_poll = 0.0
         self._closed = False
 
@@ -119,79 +110,66 @@ class Publisher:
     def header_prefix(self, codec: str) -> bytes:
         return protocol.header_prefix(codec, self.id)
 
+    @property
+    def dropped(self) -> int:
+        return self._outbox.dropped
+
+    @property
+    def unconfirmed(self) -> int:
+        return self._outbox.unconfirmed
+
+    @property
+    def _acknowledging(self) -> bool:  # read by tests/test_plugin.py
+        return self._outbox.retaining
+
     # -- the hot path -------------------------------------------------------------------
 
     def send(self, topic: bytes, header_prefix: bytes, payload: bytes) -> None:
         """Publish one message, or keep it in the buffer if no peer can take it now.  Never blocks."""
         with self._lock:
-            self._seq += 1
-            entry = (self._seq, (topic, header_prefix + b"%d}" % self._seq, payload))
-            now = time.monotonic()
+            box = self._outbox
+            seq = box.seq = box.seq + 1  # the outbox's counter, stamped where the header is made
+            header = header_prefix + b"%d}" % seq
+            entry = _entry(Entry, (seq, topic, header, payload))
+            now = _monotonic()
             if now >= self._next_poll:
                 self._next_poll = now + _POLL_INTERVAL
                 self._read_incoming()
-            if self._unsent or not self._subscriptions:
-                self._keep(self._unsent, entry)
+            if box.waiting or not box.subscribed:
+                self._keep(entry)
                 self._flush()
                 return
             try:
-                self._send_frames(entry[1])
+                # Three plain sends: pyzmq's send_multipart spends more on flag handling than
+                # libzmq spends sending.  libzmq checks the high-water mark on whole messages,
+                # so a message whose first frame was accepted is accepted whole.
+                send = self._socket.send
+                send(topic, _MORE)
+                send(header, _MORE)
+                send(payload, _LAST)
             except zmq.ZMQError:  # EAGAIN: the peer's queue is full; ETERM etc.: keep it
-                self._keep(self._unsent, entry)
+                self._keep(entry)
                 return
-            if self._acknowledging:
-                self._keep(self._sent, entry)
+            if box.retaining:
+                if box.retain(entry):
+                    self._buffered.set()  # the first one: the flush thread reads acknowledgements from now on
 
     # -- everything off the hot path ----------------------------------------------------
 
     def _read_incoming(self) -> None:
-        """Apply the (un)subscriptions and acknowledgements peers sent since the last look."""
-        sock = self._socket
+        """Hand the outbox the (un)subscriptions and acknowledgements peers sent since the last look."""
+        sock, box = self._socket, self._outbox
         try:
             while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                frame = sock.recv(zmq.NOBLOCK)
-                if frame[:1] in (b"\x01", b"\x00"):
-                    presence = protocol.parse_presence(frame[1:])
-                    if presence is not None:  # a broker that acknowledges, (dis)connecting
-                        if frame[:1] == b"\x01":
-                            self._brokers[presence.broker] = presence.token
-                        elif self._brokers.get(presence.broker) == presence.token:
-                            del self._brokers[presence.broker]
-                    elif frame[:1] == b"\x01":
-                        if not self._subscriptions:
-                            # A peer is (back) after none was: what the last one did not
-                            # acknowledge goes again, before anything newer.
-                            self._unsent.extendleft(reversed(self._sent))
-                            self._sent.clear()
-                        self._subscriptions.add(frame[1:])
-                    else:
-                        self._subscriptions.discard(frame[1:])
-                else:
-                    ack = protocol.parse_ack(frame)
-                    # Only a present broker's own token counts: a subscriber cannot acknowledge.
-                    if ack is not None and self._brokers.get(ack.broker) == ack.token:
-                        acked = ack.acks.get(self.id)
-                        if isinstance(acked, int):
-                            self._acknowledging = True
-                            self._acknowledge(acked)
+                box.upstream(sock.recv(zmq.NOBLOCK))
         except zmq.ZMQError:
             pass
 
-    def _acknowledge(self, seq: int) -> None:
-        sent, unsent = self._sent, self._unsent
-        while sent and sent[0][0] <= seq:
-            self._buffer_bytes -= len(sent.popleft()[1][2])
-        while unsent and unsent[0][0] <= seq:  # queued again for a broker that has them (its history on disk)
-            self._buffer_bytes -= len(unsent.popleft()[1][2])
-
-    def _send_frames(self, frames: tuple) -> None:
-        # Three plain sends: pyzmq's send_multipart spends more on flag handling than libzmq
-        # spends sending.  libzmq checks the high-water mark on whole messages, so a message
-        # whose first frame was accepted is accepted whole.
-        send = self._socket.send
-        send(frames[0], _MORE)
-        send(frames[1], _MORE)
-        send(frames[2], _LAST)
+    def _send_frames(self, entry: Entry) -> None:
+        send = self._socket.send  # as in send(), for a buffered entry
+        send(entry.topic, _MORE)
+        send(entry.header, _MORE)
+        send(entry.payload, _LAST)
 
     def _flush_in_background(self) -> None:
         while not self._closed:
@@ -203,37 +181,23 @@ class Publisher:
                     return
                 self._read_incoming()
                 self._flush()
-                if not self._unsent and not self._sent:
+                if self._outbox.settled:
                     self._buffered.clear()
             time.sleep(_POLL_INTERVAL)
 
-    def _keep(self, queue: collections.deque, entry: tuple) -> None:
-        queue.append(entry)
-        if not self._buffered.is_set():  # set() takes a lock and notifies: only when it changes anything
+    def _keep(self, entry: Entry) -> None:
+        if self._outbox.keep(entry):
             self._buffered.set()
-        self._buffer_bytes += len(entry[1][2])
-        sent, unsent = self._sent, self._unsent
-        while len(sent) + len(unsent) > self._max_messages or self._buffer_bytes > self._max_bytes:
-            if sent:  # sent and probably delivered: only the chance to send it again is lost
-                self._buffer_bytes -= len(sent.popleft()[1][2])
-                self.unconfirmed += 1
-            else:
-                self._buffer_bytes -= len(unsent.popleft()[1][2])
-                self.dropped += 1
 
     def _flush(self) -> None:
         """Send buffered messages, oldest first, while peers take them."""
-        if not self._subscriptions:
+        box = self._outbox
+        if not box.subscribed:
             return
-        unsent, sock = self._unsent, self._socket
         try:
-            while unsent:
-                self._send_frames(unsent[0][1])
-                entry = unsent.popleft()
-                if self._acknowledging:
-                    self._sent.append(entry)
-                else:
-                    self._buffer_bytes -= len(entry[1][2])
+            while (entry := box.next_unsent()) is not None:
+                self._send_frames(entry)
+                box.was_sent()
         except zmq.ZMQError:
             pass
 
@@ -244,7 +208,7 @@ class Publisher:
             with self._lock:
                 self._read_incoming()
                 self._flush()
-                if not self._unsent and not self._sent:
+                if self._outbox.settled:
                     return True
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -256,30 +220,31 @@ class Publisher:
         if self._closed or os.getpid() != self._pid:
             return  # closed already, or a forked child: the parent's socket is not ours
         start = time.monotonic()
+        box = self._outbox
         with self._lock:
-            published = self._seq
-            report = {"publisher": self.id, "published": published, "dropped": self.dropped,
-                      "unconfirmed": self.unconfirmed, "buffered": len(self._unsent) + len(self._sent)}
+            published = box.seq
+            report = {"publisher": self.id, "published": published, "dropped": box.dropped,
+                      "unconfirmed": box.unconfirmed, "buffered": len(box.unsent) + len(box.sent)}
         self.send(protocol.topic("publisher", self.id, "closed"), self.header_prefix("json"),
                   protocol.encode_json(report))
         self.flush(self._linger_ms / 1000)
         with self._lock:
             self._closed = True
             self._buffered.set()  # lets the flush thread see it and end
-            undelivered = sum(1 for seq, _ in self._unsent if seq <= published)
-            unacknowledged = sum(1 for seq, _ in self._sent if seq <= published)
+            undelivered = sum(1 for entry in box.unsent if entry.seq <= published)
+            unacknowledged = sum(1 for entry in box.sent if entry.seq <= published)
             remaining_ms = max(0, int(self._linger_ms - (time.monotonic() - start) * 1000))
             self._socket.close(linger=remaining_ms)
             self._context.term()
-        if self.dropped or undelivered:
+        if box.dropped or undelivered:
             _report_loss("zmq_emitter: publisher %s lost %d of %d messages: %d pushed out of the full buffer "
                          "(runner_zmq_buffer_messages/_bytes), %d still undelivered at exit (no peer within "
-                         "runner_zmq_linger=%d ms)", self.id, self.dropped + undelivered, published,
-                         self.dropped, undelivered, self._linger_ms)
-        if self.unconfirmed or unacknowledged:
+                         "runner_zmq_linger=%d ms)", self.id, box.dropped + undelivered, published,
+                         box.dropped, undelivered, self._linger_ms)
+        if box.unconfirmed or unacknowledged:
             _report_loss("zmq_emitter: publisher %s: %d of %d messages were sent but never acknowledged by the "
                          "broker (%d pushed out of the buffer, %d at exit); they may or may not have arrived",
-                         self.id, self.unconfirmed + unacknowledged, published, self.unconfirmed, unacknowledged)
+                         self.id, box.unconfirmed + unacknowledged, published, box.unconfirmed, unacknowledged)
 
     def _abandon(self) -> None:
         self._closed = True
