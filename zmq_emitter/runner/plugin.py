@@ -70,9 +70,12 @@ class Publisher:
         self._pid = os.getpid()
         self._lock = threading.Lock()
         self._linger_ms = config.linger
-        self._outbox = Outbox(self.id, max_messages=config.buffer_messages, max_bytes=config.buffer_bytes)
+        self._reconnect_wait_ms = config.reconnect_wait
+        self._outbox = Outbox(self.id, max_messages=config.buffer_messages, max_bytes=config.buffer_bytes,
+                              max_message_size=config.max_message_size, warn=_say)
         self._next_poll = 0.0
         self._closed = False
+        self._troubles: set = set()  # socket errors said once
 
         self._context = zmq.Context()  # our own: never the host application's Context.instance()
         sock = self._context.socket(zmq.XPUB)
@@ -112,11 +115,18 @@ class Publisher:
 
     @property
     def dropped(self) -> int:
-        return self._outbox.dropped
+        """Own messages pushed out of the full buffer before they were ever sent."""
+        return self._outbox.own.dropped
 
     @property
     def unconfirmed(self) -> int:
-        return self._outbox.unconfirmed
+        """Own messages pushed out of the full buffer after sending, never acknowledged."""
+        return self._outbox.own.unconfirmed
+
+    @property
+    def truncated(self) -> int:
+        """Own messages sent cut, being larger than the limit (oversize.py)."""
+        return self._outbox.own.truncated
 
     @property
     def _acknowledging(self) -> bool:  # read by tests/test_plugin.py
@@ -131,11 +141,16 @@ class Publisher:
             seq = box.seq = box.seq + 1  # the outbox's counter, stamped where the header is made
             header = header_prefix + b"%d}" % seq
             entry = _entry(Entry, (seq, topic, header, payload))
+            if len(payload) > box.limit:  # larger than a broker accepts: sent cut (oversize.py)
+                entry = box.cut(entry)
+                if entry is None:
+                    return
+                payload = entry.payload
             now = _monotonic()
             if now >= self._next_poll:
                 self._next_poll = now + _POLL_INTERVAL
                 self._read_incoming()
-            if box.waiting or not box.subscribed:
+            if box.waiting or not box.subscribed:  # (closed: never subscribed)
                 self._keep(entry)
                 self._flush()
                 return
@@ -147,8 +162,12 @@ class Publisher:
                 send(topic, _MORE)
                 send(header, _MORE)
                 send(payload, _LAST)
-            except zmq.ZMQError:  # EAGAIN: the peer's queue is full; ETERM etc.: keep it
+            except zmq.Again:  # the peer's queue is full (XPUB_NODROP): it waits
                 self._keep(entry)
+                return
+            except zmq.ZMQError as exc:
+                self._keep(entry)
+                self._trouble(exc)
                 return
             if box.retaining:
                 if box.retain(entry):
@@ -162,8 +181,10 @@ class Publisher:
         try:
             while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                 box.upstream(sock.recv(zmq.NOBLOCK))
-        except zmq.ZMQError:
+        except zmq.Again:
             pass
+        except zmq.ZMQError as exc:
+            self._trouble(exc)
 
     def _send_frames(self, entry: Entry) -> None:
         send = self._socket.send  # as in send(), for a buffered entry
@@ -186,8 +207,12 @@ class Publisher:
             time.sleep(_POLL_INTERVAL)
 
     def _keep(self, entry: Entry) -> None:
-        if self._outbox.keep(entry):
+        box = self._outbox
+        if box.keep(entry):
             self._buffered.set()
+        elif box.closed and box.after_close == 1:
+            _say(f"zmq_emitter: publisher {self.id} is closed (process exit); messages handed to it from now "
+                 "on are dropped")
 
     def _flush(self) -> None:
         """Send buffered messages, oldest first, while peers take them."""
@@ -198,8 +223,17 @@ class Publisher:
             while (entry := box.next_unsent()) is not None:
                 self._send_frames(entry)
                 box.was_sent()
-        except zmq.ZMQError:
+        except zmq.Again:
             pass
+        except zmq.ZMQError as exc:
+            self._trouble(exc)
+
+    def _trouble(self, exc: zmq.ZMQError) -> None:
+        """A socket error other than a full queue: the messages wait; say it once per kind of error."""
+        if exc.errno not in self._troubles:
+            self._troubles.add(exc.errno)
+            _say(f"zmq_emitter: publisher {self.id}: socket error {exc} (errno {exc.errno}); messages wait "
+                 "in the buffer")
 
     def flush(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds until everything is sent (and acknowledged, by a broker that does)."""
@@ -215,36 +249,69 @@ class Publisher:
                 return False
             self._socket.poll(min(remaining, 0.01) * 1000)
 
+    def _settle(self, start: float) -> bool:
+        """``flush`` for the exit: up to ``runner_zmq_linger`` after ``start``, or up to
+        ``runner_zmq_reconnect_wait`` while a broker that has acknowledged before is away."""
+        linger_end = start + self._linger_ms / 1000
+        reconnect_end = start + self._reconnect_wait_ms / 1000
+        while True:
+            with self._lock:
+                self._read_incoming()
+                self._flush()
+                if self._outbox.settled:
+                    return True
+                awaits_broker = self._outbox.awaits_broker()
+            remaining = (max(linger_end, reconnect_end) if awaits_broker else linger_end) - time.monotonic()
+            if remaining <= 0:
+                return False
+            self._socket.poll(min(remaining, 0.01) * 1000)
+
     def close(self) -> None:
-        """Send the closing report, flush (bounded by the linger setting), close, and report any loss."""
+        """Flush, send the closing report, flush again, close, and report what did not get through.
+
+        The waits together last up to ``runner_zmq_linger`` ms, or ``runner_zmq_reconnect_wait``
+        ms while a broker that acknowledged before is away.  The report comes after the first
+        wait, so that its ``buffered`` says what was still not done then.
+        """
         if self._closed or os.getpid() != self._pid:
             return  # closed already, or a forked child: the parent's socket is not ours
         start = time.monotonic()
-        box = self._outbox
+        box, own = self._outbox, self._outbox.own
+        self._settle(start)
         with self._lock:
             published = box.seq
-            report = {"publisher": self.id, "published": published, "dropped": box.dropped,
-                      "unconfirmed": box.unconfirmed, "buffered": len(box.unsent) + len(box.sent)}
-        self.send(protocol.topic("publisher", self.id, "closed"), self.header_prefix("json"),
-                  protocol.encode_json(report))
-        self.flush(self._linger_ms / 1000)
+            report = {"publisher": self.id, "published": published, "dropped": own.dropped,
+                      "unconfirmed": own.unconfirmed, "truncated": own.truncated,
+                      "buffered": len(own.sent) + len(own.unsent)}
+        if published:
+            self.send(protocol.topic("publisher", self.id, "closed"), self.header_prefix("json"),
+                      protocol.encode_json(report))
+            self._settle(start)
         with self._lock:
             self._closed = True
+            box.close()
             self._buffered.set()  # lets the flush thread see it and end
-            undelivered = sum(1 for entry in box.unsent if entry.seq <= published)
-            unacknowledged = sum(1 for entry in box.sent if entry.seq <= published)
+            undelivered = sum(1 for entry in own.unsent if entry.seq <= published)
+            unacknowledged = sum(1 for entry in own.sent if entry.seq <= published)
+            # What libzmq still queues (sent to a peer that does not acknowledge) gets what is
+            # left of the linger time to go out.
             remaining_ms = max(0, int(self._linger_ms - (time.monotonic() - start) * 1000))
             self._socket.close(linger=remaining_ms)
             self._context.term()
-        if box.dropped or undelivered:
-            _report_loss("zmq_emitter: publisher %s lost %d of %d messages: %d pushed out of the full buffer "
-                         "(runner_zmq_buffer_messages/_bytes), %d still undelivered at exit (no peer within "
-                         "runner_zmq_linger=%d ms)", self.id, box.dropped + undelivered, published,
-                         box.dropped, undelivered, self._linger_ms)
-        if box.unconfirmed or unacknowledged:
-            _report_loss("zmq_emitter: publisher %s: %d of %d messages were sent but never acknowledged by the "
-                         "broker (%d pushed out of the buffer, %d at exit); they may or may not have arrived",
-                         self.id, box.unconfirmed + unacknowledged, published, box.unconfirmed, unacknowledged)
+        _forget(self)
+        if own.dropped or undelivered:
+            _say("zmq_emitter: publisher %s lost %d of %d messages: %d pushed out of the full buffer "
+                 "(runner_zmq_buffer_messages/_bytes), %d still undelivered at exit (no peer within "
+                 "runner_zmq_linger=%d ms)" % (self.id, own.dropped + undelivered, published,
+                                               own.dropped, undelivered, self._linger_ms))
+        if own.unconfirmed or unacknowledged:
+            _say("zmq_emitter: publisher %s: %d of %d messages were sent but never acknowledged by the "
+                 "broker (%d pushed out of the buffer, %d at exit); they may or may not have arrived"
+                 % (self.id, own.unconfirmed + unacknowledged, published, own.unconfirmed, unacknowledged))
+        if own.truncated:
+            _say(f"zmq_emitter: publisher {self.id}: {own.truncated} of {published} messages were larger than "
+                 f"{box.limit} bytes (runner_zmq_max_message_size, or a broker's --max-message-size) and were "
+                 f"sent cut, marked {protocol.TRUNCATED}")
 
     def _abandon(self) -> None:
         self._closed = True
@@ -252,13 +319,16 @@ class Publisher:
         self._context.term()
 
 
-def _report_loss(message: str, *args: Any) -> None:
-    # `ansible-runner run` mutes the root logger (level 99, a NullHandler), which would hide
-    # the one line saying that messages were lost; then it goes to stderr directly.
+def _say(message: str) -> None:
+    """A warning: logged, or on stderr if logging is muted.
+
+    `ansible-runner run` mutes the root logger (level 99, a NullHandler), which would hide
+    the one line saying that messages were lost.
+    """
     if log.isEnabledFor(logging.WARNING):
-        log.warning(message, *args)
+        log.warning("%s", message)
     else:
-        print(message % args, file=sys.stderr, flush=True)
+        print(message, file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------------------------------
@@ -301,9 +371,20 @@ def _resolve(runner_config: Any) -> _Route:
         return route
 
 
+def _forget(publisher: Publisher) -> None:
+    """A closed publisher is not handed out again: a later run of this process gets a new one."""
+    with _resolve_lock:
+        for key, value in list(_publishers.items()):
+            if value is publisher:
+                del _publishers[key]
+
+
 def _topic(kind: str, ident: Any, name: Any) -> bytes:
     key = (kind, ident, name)
-    topic = _topics.get(key)
+    try:
+        topic = _topics.get(key)
+    except TypeError:  # an ident or name that is not hashable (a list...): no cache, never an exception
+        return protocol.topic(kind, "" if ident is None else str(ident), "" if name is None else str(name))
     if topic is None:
         if len(_topics) > 4096:
             _topics.clear()
