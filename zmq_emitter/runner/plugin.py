@@ -76,6 +76,7 @@ class Publisher:
         self._next_poll = 0.0
         self._closed = False
         self._troubles: set = set()  # socket errors said once
+        self._awaiting_broker = False  # at exit: a broker that acknowledged before was away
 
         self._context = zmq.Context()  # our own: never the host application's Context.instance()
         sock = self._context.socket(zmq.XPUB)
@@ -250,8 +251,8 @@ class Publisher:
             self._socket.poll(min(remaining, 0.01) * 1000)
 
     def _settle(self, start: float) -> bool:
-        """``flush`` for the exit: up to ``runner_zmq_linger`` after ``start``, or up to
-        ``runner_zmq_reconnect_wait`` while a broker that has acknowledged before is away."""
+        """``flush`` for the exit: up to ``runner_zmq_linger`` after ``start``; up to
+        ``runner_zmq_reconnect_wait`` once a broker that has acknowledged before was seen away."""
         linger_end = start + self._linger_ms / 1000
         reconnect_end = start + self._reconnect_wait_ms / 1000
         while True:
@@ -260,8 +261,9 @@ class Publisher:
                 self._flush()
                 if self._outbox.settled:
                     return True
-                awaits_broker = self._outbox.awaits_broker()
-            remaining = (max(linger_end, reconnect_end) if awaits_broker else linger_end) - time.monotonic()
+                # Sticky: a broker that came back still has to acknowledge what it gets again.
+                self._awaiting_broker = self._awaiting_broker or self._outbox.awaits_broker()
+            remaining = (max(linger_end, reconnect_end) if self._awaiting_broker else linger_end) - time.monotonic()
             if remaining <= 0:
                 return False
             self._socket.poll(min(remaining, 0.01) * 1000)
