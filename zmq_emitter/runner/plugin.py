@@ -44,8 +44,8 @@ from typing import Any
 import zmq
 
 from .. import protocol, security
-from . import redact
-from .config import Config, ConfigError, load
+from . import redact, spool
+from .config import Config, ConfigError, load, spool_directory
 from .outbox import Entry, Outbox
 
 log = logging.getLogger("zmq_emitter")
@@ -104,11 +104,28 @@ class Publisher:
             raise ConfigError(f"zmq_emitter: cannot use endpoint from runner_zmq_url/runner_zmq_bind "
                               f"{config.url + config.bind}: {exc}") from None
         self.last_endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT) if config.bind else None
+        self._spool: spool.Spool | None = None
+        self.claims: list[spool.Claim] = []  # spooled messages of earlier processes, sent before ours
+        self.spooled: list[tuple[str, int]] = []  # at close: (publisher, messages) written to the spool
+        directory = spool_directory(config.spool)
+        if directory is not None and config.url:  # (bind mode has no destination to come back to)
+            self._spool = spool.Spool(directory, config.url, max_messages=config.spool_messages,
+                                      max_bytes=config.spool_bytes)
+            try:
+                self.claims = self._spool.claim()
+            except OSError as exc:
+                _say(f"zmq_emitter: cannot take over the spool in {self._spool.directory}: {exc}")
+            for note in self._spool.notes:
+                _say(note)
+            for claim in self.claims:
+                self._outbox.adopt(claim.pub, claim.entries, claim.last)
         # Buffered messages must not wait for the next event (a long task, the last run of a
         # long-lived process): a daemon thread flushes them and reads acknowledgements while
         # anything is buffered, and sleeps otherwise.
         self._buffered = threading.Event()
         threading.Thread(target=self._flush_in_background, name="zmq-emitter-flush", daemon=True).start()
+        if not self._outbox.settled:  # spooled messages taken over
+            self._buffered.set()
         atexit.register(self.close)
 
     def header_prefix(self, codec: str) -> bytes:
@@ -293,14 +310,47 @@ class Publisher:
             self._closed = True
             box.close()
             self._buffered.set()  # lets the flush thread see it and end
-            undelivered = sum(1 for entry in own.unsent if entry.seq <= published)
-            unacknowledged = sum(1 for entry in own.sent if entry.seq <= published)
+            leftovers = [(stream, stream.pending()) for stream in box.streams]
             # What libzmq still queues (sent to a peer that does not acknowledge) gets what is
             # left of the linger time to go out.
             remaining_ms = max(0, int(self._linger_ms - (time.monotonic() - start) * 1000))
             self._socket.close(linger=remaining_ms)
             self._context.term()
         _forget(self)
+        if self._spool is not None:
+            for stream, pending in leftovers:
+                for note in self._spool.store(stream.pub, pending, last=box.seq if stream is own else stream.last):
+                    _say(note)
+                if pending:
+                    self.spooled.append((stream.pub, len(pending)))
+            self._spool.release(self.claims)
+        self._report(published, leftovers)
+
+    def spool_report(self) -> list[tuple[str, int, int, int]]:
+        """After ``close``: for each publisher taken over from the spool, (pub, messages taken,
+        acknowledged or delivered, spooled again)."""
+        again = dict(self.spooled)
+        report = []
+        for claim in self.claims:
+            stream = next(s for s in self._outbox.streams if s.pub == claim.pub)
+            left = again.get(claim.pub, 0)
+            report.append((claim.pub, len(claim.entries), len(claim.entries) - left - stream.dropped
+                           - stream.unconfirmed, left))
+        return report
+
+    def _report(self, published: int, leftovers: list) -> None:
+        """One line on stderr (or the log) for each kind of trouble at exit."""
+        box, own = self._outbox, self._outbox.own
+        pending = dict((stream.pub, entries) for stream, entries in leftovers)[self.id]
+        undelivered = sum(1 for entry in own.unsent if entry.seq <= published)
+        unacknowledged = sum(1 for entry in own.sent if entry.seq <= published)
+        if self._spool is not None:
+            if pending:
+                _say(f"zmq_emitter: publisher {self.id}: {len(pending)} messages not acknowledged by exit "
+                     f"(no broker within runner_zmq_linger={self._linger_ms} ms or runner_zmq_reconnect_wait="
+                     f"{self._reconnect_wait_ms} ms) are spooled in {self._spool.directory}: the next process "
+                     "publishing there sends them first (or `zmq-emitter spool --send`)")
+            undelivered = unacknowledged = 0
         if own.dropped or undelivered:
             _say("zmq_emitter: publisher %s lost %d of %d messages: %d pushed out of the full buffer "
                  "(runner_zmq_buffer_messages/_bytes), %d still undelivered at exit (no peer within "
@@ -314,6 +364,10 @@ class Publisher:
             _say(f"zmq_emitter: publisher {self.id}: {own.truncated} of {published} messages were larger than "
                  f"{box.limit} bytes (runner_zmq_max_message_size, or a broker's --max-message-size) and were "
                  f"sent cut, marked {protocol.TRUNCATED}")
+        for stream in box.streams[:-1]:  # taken over from the spool
+            if stream.dropped or stream.unconfirmed:
+                _say(f"zmq_emitter: spooled publisher {stream.pub}: {stream.dropped} messages pushed out of the full "
+                     f"buffer unsent (lost), {stream.unconfirmed} sent but pushed out before any acknowledgement")
 
     def _abandon(self) -> None:
         self._closed = True
