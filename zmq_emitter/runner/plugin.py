@@ -25,10 +25,15 @@ Design, because every playbook pays for what this module costs:
   state machine is ``outbox.Outbox``, without sockets; this module does the I/O around it.
 - A daemon thread flushes the buffer while anything is in it, so nothing waits for the
   next event.
+- An event larger than a broker accepts is sent cut (oversize.py): one comparison per
+  message on the hot path.
 - What the buffer bound forces out is counted and reported in one log line at exit, and
   in the closing report ``publisher/<id>/closed`` that the broker records.
-- At interpreter exit the buffer is flushed and the socket lingers up to
-  ``runner_zmq_linger`` ms, so the final status of ``ansible-runner run`` arrives.
+- At interpreter exit the buffer is flushed for up to ``runner_zmq_linger`` ms (or
+  ``runner_zmq_reconnect_wait`` ms for a broker that acknowledged before and is away), so
+  the final status of ``ansible-runner run`` arrives; what is still not acknowledged is
+  written to the spool (spool.py), which the next process to the same destination sends
+  first, before its own messages.
 """
 from __future__ import annotations
 
