@@ -47,6 +47,7 @@ import time
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from .. import protocol, security
 from . import redact, spool
@@ -59,6 +60,14 @@ _POLL_INTERVAL = 0.01  # seconds between looks at the socket's incoming subscrip
 _MORE = zmq.NOBLOCK | zmq.SNDMORE
 _LAST = zmq.NOBLOCK
 _monotonic = time.monotonic
+_HANDSHAKE_FAILED = {zmq.EVENT_HANDSHAKE_FAILED_AUTH: "refused this runner's CURVE key (is its public key in the "
+                                                      "broker's --publisher-keys directory?)",
+                     zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "failed the CURVE handshake (is runner_zmq_curve_server_key "
+                                                          "the broker's public key?)",
+                     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "failed the CURVE handshake"}
+_HANDSHAKE_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                     | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+_MAX_BACKOFF = 30.0  # seconds between attempts to a broker that refused the handshake, at most
 _entry = tuple.__new__  # Entry(...) without NamedTuple's Python-level __new__: half the cost on the hot path
 
 
@@ -93,9 +102,15 @@ class Publisher:
         sock.setsockopt(zmq.SNDHWM, config.sndhwm)
         sock.setsockopt(zmq.LINGER, config.linger)
         self._socket = sock
+        self._handshakes: zmq.Socket | None = None
+        self._refused: dict[str, float] = {}   # endpoint -> when to connect again
+        self._backoff: dict[str, float] = {}   # endpoint -> seconds to wait after its next refusal
         try:
             if config.curve_server_key:  # CURVE client of the broker (security.py)
                 security.curve_client(sock, config.curve_server_key, config.curve_secret_key_file)
+                # libzmq gives up for good on a connection whose CURVE handshake failed (a key the
+                # broker does not list): watch for it, say it once, connect again with a back-off.
+                self._handshakes = sock.get_monitor_socket(_HANDSHAKE_EVENTS)
             for endpoint in config.url:
                 sock.connect(endpoint)
             for endpoint in config.bind:
@@ -225,6 +240,7 @@ class Publisher:
                     return
                 self._read_incoming()
                 self._flush()
+                self._watch_handshakes()
                 if self._outbox.settled:
                     self._buffered.clear()
             time.sleep(_POLL_INTERVAL)
@@ -251,6 +267,34 @@ class Publisher:
         except zmq.ZMQError as exc:
             self._trouble(exc)
 
+    def _watch_handshakes(self) -> None:
+        """Connect again, after a back-off, to a broker that refused the CURVE handshake (said once)."""
+        monitor = self._handshakes
+        if monitor is None:
+            return
+        now = time.monotonic()
+        while monitor.poll(0):
+            event = recv_monitor_message(monitor)
+            endpoint = event["endpoint"].decode(errors="replace")
+            if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._backoff.pop(endpoint, None)
+            elif event["event"] in _HANDSHAKE_FAILED and endpoint not in self._refused:
+                backoff = self._backoff.get(endpoint)
+                if backoff is None:
+                    _say(f"zmq_emitter: publisher {self.id}: the broker at {endpoint} "
+                         f"{_HANDSHAKE_FAILED[event['event']]}; trying again every {_MAX_BACKOFF:g} s at most")
+                    backoff = 1.0
+                self._refused[endpoint] = now + backoff
+                self._backoff[endpoint] = min(backoff * 2, _MAX_BACKOFF)
+        for endpoint, when in list(self._refused.items()):
+            if now >= when:
+                del self._refused[endpoint]
+                try:
+                    self._socket.disconnect(endpoint)
+                except zmq.ZMQError:
+                    pass  # gone already with the refused connection
+                self._socket.connect(endpoint)
+
     def _trouble(self, exc: zmq.ZMQError) -> None:
         """A socket error other than a full queue: the messages wait; say it once per kind of error."""
         if exc.errno not in self._troubles:
@@ -265,6 +309,7 @@ class Publisher:
             with self._lock:
                 self._read_incoming()
                 self._flush()
+                self._watch_handshakes()
                 if self._outbox.settled:
                     return True
             remaining = deadline - time.monotonic()
@@ -281,6 +326,7 @@ class Publisher:
             with self._lock:
                 self._read_incoming()
                 self._flush()
+                self._watch_handshakes()
                 if self._outbox.settled:
                     return True
                 # Sticky: a broker that came back still has to acknowledge what it gets again.
@@ -319,6 +365,9 @@ class Publisher:
             # What libzmq still queues (sent to a peer that does not acknowledge) gets what is
             # left of the linger time to go out.
             remaining_ms = max(0, int(self._linger_ms - (time.monotonic() - start) * 1000))
+            if self._handshakes is not None:
+                self._socket.disable_monitor()
+                self._handshakes.close(0)
             self._socket.close(linger=remaining_ms)
             self._context.term()
         _forget(self)
@@ -376,6 +425,8 @@ class Publisher:
 
     def _abandon(self) -> None:
         self._closed = True
+        if self._handshakes is not None:
+            self._handshakes.close(0)
         self._socket.close(linger=0)
         self._context.term()
 
