@@ -133,12 +133,16 @@ class Publisher:
                                       max_bytes=config.spool_bytes)
             try:
                 self.claims = self._spool.claim()
-            except OSError as exc:
-                _say(f"zmq_emitter: cannot take over the spool in {self._spool.directory}: {exc}")
+                for claim in self.claims:
+                    self._outbox.adopt(claim.pub, claim.entries, claim.last)
+            except Exception as exc:  # whatever is in those files, the run goes on (what was claimed is
+                # taken back by a later process once this one is gone)
+                _say(f"zmq_emitter: cannot take over the spool in {self._spool.directory}: {exc!r}")
+                self._outbox = Outbox(self.id, max_messages=config.buffer_messages, max_bytes=config.buffer_bytes,
+                                      max_message_size=config.max_message_size, warn=_say)
+                self.claims = []
             for note in self._spool.notes:
                 _say(note)
-            for claim in self.claims:
-                self._outbox.adopt(claim.pub, claim.entries, claim.last)
         # Buffered messages must not wait for the next event (a long task, the last run of a
         # long-lived process): a daemon thread flushes them and reads acknowledgements while
         # anything is buffered, and sleeps otherwise.
@@ -372,12 +376,16 @@ class Publisher:
             self._context.term()
         _forget(self)
         if self._spool is not None:
-            for stream, pending in leftovers:
-                for note in self._spool.store(stream.pub, pending, last=box.seq if stream is own else stream.last):
-                    _say(note)
-                if pending:
-                    self.spooled.append((stream.pub, len(pending)))
-            self._spool.release(self.claims)
+            try:
+                for stream, pending in leftovers:
+                    for note in self._spool.store(stream.pub, pending,
+                                                  last=box.seq if stream is own else stream.last):
+                        _say(note)
+                    if pending:
+                        self.spooled.append((stream.pub, len(pending)))
+                self._spool.release(self.claims)
+            except Exception as exc:  # never an exception at exit; what was claimed is taken back later
+                _say(f"zmq_emitter: publisher {self.id}: spooling in {self._spool.directory} failed: {exc!r}")
         self._report(published, leftovers)
 
     def spool_report(self) -> list[tuple[str, int, int, int]]:
