@@ -45,6 +45,12 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _spool_away_from_home(tmp_path_factory):
+    """The plugin's spool (default $XDG_STATE_HOME/zmq-emitter/spool) in a temporary directory, never in ~."""
+    os.environ["XDG_STATE_HOME"] = str(tmp_path_factory.mktemp("state"))
+
+
 def runner_env(**zmq_settings: str) -> dict:
     """The environment for an ansible-runner subprocess: this venv first on PATH, no RUNNER_ZMQ_* leaking in."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RUNNER_ZMQ_")}

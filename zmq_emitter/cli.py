@@ -8,8 +8,10 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import logging.handlers
+import os
 import signal
 import sys
 import threading
@@ -244,6 +246,60 @@ def runs(
     for run in answer[0]["runs"]:
         seen = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run["last_seen"]))
         typer.echo(f"{run['ident']:<38}  {run['status'] or '-':<11}  {run['messages']:>8}  {run['retained']:>8}  {seen}")
+
+
+@app.command()
+def spool(
+    directory: Optional[str] = typer.Option(None, "--dir", help="The spool directory (default: runner_zmq_spool / "
+                                            "RUNNER_ZMQ_SPOOL, else $XDG_STATE_HOME/zmq-emitter/spool)."),
+    send: bool = typer.Option(False, "--send", help="Send what waits now, each destination with the runner_zmq_* "
+                                                    "settings of this environment, and say what was acknowledged."),
+    timeout: float = typer.Option(10.0, "--timeout", min=0.1, help="With --send: seconds to wait for each "
+                                                                   "destination's broker to acknowledge."),
+) -> None:
+    """List what runner processes left in the spool (not acknowledged by their exit), or send it."""
+    from .runner import config as runner_config, plugin, spool as spool_module
+
+    try:
+        settings = runner_config.load(None)
+    except runner_config.ConfigError as exc:
+        _fail(str(exc), 2)
+    root = runner_config.spool_directory(settings.spool) if directory is None else os.path.expanduser(directory)
+    if root is None:
+        _fail("the spool is off (runner_zmq_spool is none); name one with --dir", 2)
+    files = spool_module.listing(root)
+    if not send:
+        if not files:
+            typer.echo(f"nothing waits in {root}")
+            return
+        typer.echo(f"{'DESTINATION':<40}  {'PUBLISHER':<16}  {'MESSAGES':>8}  {'BYTES':>10}  {'SEQ':<15}  "
+                   f"{'AGE':>8}  STATE")
+        now = time.time()
+        for f in files:
+            state = f"claimed by {f.claimed_by}" if f.claimed_by else "waiting"
+            typer.echo(f"{','.join(f.destination):<40}  {f.pub:<16}  {f.messages:>8}  {f.bytes:>10}  "
+                       f"{f'{f.first}-{f.last}':<15}  {_age(now - f.created):>8}  {state}")
+        return
+    code = 0
+    for destination in sorted({tuple(f.destination) for f in files if f.claimed_by is None and f.destination}):
+        config = dataclasses.replace(settings, url=destination, bind=(), spool=root, linger=int(timeout * 1000))
+        try:
+            publisher = plugin.Publisher(config)
+        except runner_config.ConfigError as exc:
+            _fail(str(exc))
+        publisher.close()
+        for pub, taken, done, again in publisher.spool_report():
+            typer.echo(f"{','.join(destination)}: publisher {pub}: {done} of {taken} messages acknowledged (or, "
+                       f"by a broker that does not acknowledge, delivered), {again} spooled again")
+            code = 1 if again else code
+    raise typer.Exit(code)
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{seconds:.0f}s"
 
 
 @app.command()

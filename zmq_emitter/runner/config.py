@@ -21,6 +21,9 @@ from .. import protocol, security
 from .._text import split_commas
 
 DEFAULT_FRONTEND = "tcp://127.0.0.1:5557"  # where `zmq-emitter broker` listens for runners
+DEFAULT_MAX_MESSAGE_SIZE = 16 * 2**20      # `zmq-emitter broker --max-message-size` by default
+MIN_MESSAGE_SIZE = 4096                    # room for an oversize notice (oversize.py)
+DEFAULT_SPOOL = "$XDG_STATE_HOME/zmq-emitter/spool"  # ~/.local/state/zmq-emitter/spool without XDG_STATE_HOME
 
 
 class ConfigError(ValueError):
@@ -79,6 +82,31 @@ def _whole(low: int, high: int | None = None) -> Callable[[Any], int]:
 
 
 _count = _whole(0)  # 0 or more
+
+
+def _message_size(value: Any) -> int:
+    size = _count(value)
+    if size < MIN_MESSAGE_SIZE:
+        raise ValueError(f"{value!r} is below {MIN_MESSAGE_SIZE} bytes")
+    return size
+
+
+def _spool(value: Any) -> str | None:
+    text = str(value).strip()
+    if text.lower() == "none":
+        return None
+    if not text:
+        raise ValueError("an empty path")
+    return text if text == DEFAULT_SPOOL else os.path.abspath(os.path.expanduser(text))
+
+
+def spool_directory(value: str | None, environ: Mapping[str, str] | None = None) -> str | None:
+    """The spool directory a ``Config.spool`` value names: ``$XDG_STATE_HOME`` resolved, or None (off)."""
+    if value != DEFAULT_SPOOL:
+        return value
+    environ = os.environ if environ is None else environ
+    state = environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(state, "zmq-emitter", "spool")
 
 
 def _codec(value: Any) -> str:
@@ -169,6 +197,22 @@ SETTINGS = (
             "many; what it pushes out is counted and reported."),
     Setting("buffer_bytes", _whole(1), 64 * 2**20, "bytes, 1 or more",
             "The same buffer's bound in payload bytes."),
+    Setting("max_message_size", _message_size, DEFAULT_MAX_MESSAGE_SIZE, f"bytes, at least {MIN_MESSAGE_SIZE}",
+            "The largest payload sent as it is; a larger event is sent with its large values cut and a "
+            "zmq_emitter_truncated marker (docs/protocol.md). A broker's smaller --max-message-size is learnt "
+            "from its presence."),
+    Setting("reconnect_wait", _count, 5000, "milliseconds",
+            "At process exit, how long to wait for a broker that has acknowledged before and is away "
+            "(restarting) to come back, before spooling what it has not acknowledged."),
+    Setting("spool", _spool, DEFAULT_SPOOL, "a directory, or none",
+            "Where what was not acknowledged (or, with a broker that does not acknowledge, delivered) by "
+            "process exit is kept, to be sent first by the next process with the same runner_zmq_url "
+            "(~/.local/state/zmq-emitter/spool without XDG_STATE_HOME)."),
+    Setting("spool_messages", _count, 100000, "a whole number",
+            "The spool's bound per destination in messages; beyond it the oldest are dropped, counted and "
+            "reported on stderr."),
+    Setting("spool_bytes", _count, 256 * 2**20, "bytes",
+            "The spool's bound per destination in bytes."),
     # Security (security.py, docs/security.md)
     Setting("curve_server_key", _server_key, b"", "a .key file or 40 z85 characters",
             "The broker's CURVE public key: encrypt the connection to `runner_zmq_url` and check the broker."),
@@ -199,6 +243,11 @@ class Config:
     linger: int = 1000
     buffer_messages: int = 10000
     buffer_bytes: int = 64 * 2**20
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    reconnect_wait: int = 5000
+    spool: str | None = DEFAULT_SPOOL  # spool_directory() resolves it
+    spool_messages: int = 100000
+    spool_bytes: int = 256 * 2**20
     curve_server_key: bytes = b""
     curve_key_pair: security.KeyPair | None = None  # read from the file runner_zmq_curve_secret_key_file names
     redact: bool = True
@@ -221,7 +270,8 @@ class Config:
     def transport(self) -> tuple:
         """What decides the socket: runs whose transport settings are equal share one socket."""
         return (self.url, self.bind, self.sndhwm, self.linger, self.buffer_messages, self.buffer_bytes,
-                self.curve_server_key, self.curve_key_pair, self.ipc_mode)
+                self.max_message_size, self.reconnect_wait, spool_directory(self.spool), self.spool_messages,
+                self.spool_bytes, self.curve_server_key, self.curve_key_pair, self.ipc_mode)
 
 
 def load(settings: Mapping[str, Any] | None, environ: Mapping[str, str] | None = None) -> Config:

@@ -21,18 +21,23 @@ Design, because every playbook pays for what this module costs:
   dropping silently; the message then waits in that buffer too.  Nothing blocks the run.
 - A broker with history acknowledges what it received (``ACK`` frames upstream); the
   plugin then keeps sent messages until acknowledged and sends the rest again, in order,
-  when a broker comes back after a restart (docs/reliability.md: at least once).
+  when a broker comes back after a restart (docs/reliability.md: at least once).  That
+  state machine is ``outbox.Outbox``, without sockets; this module does the I/O around it.
 - A daemon thread flushes the buffer while anything is in it, so nothing waits for the
   next event.
+- An event larger than a broker accepts is sent cut (oversize.py): one comparison per
+  message on the hot path.
 - What the buffer bound forces out is counted and reported in one log line at exit, and
   in the closing report ``publisher/<id>/closed`` that the broker records.
-- At interpreter exit the buffer is flushed and the socket lingers up to
-  ``runner_zmq_linger`` ms, so the final status of ``ansible-runner run`` arrives.
+- At interpreter exit the buffer is flushed for up to ``runner_zmq_linger`` ms (or
+  ``runner_zmq_reconnect_wait`` ms for a broker that acknowledged before and is away), so
+  the final status of ``ansible-runner run`` arrives; what is still not acknowledged is
+  written to the spool (spool.py), which the next process to the same destination sends
+  first, before its own messages.
 """
 from __future__ import annotations
 
 import atexit
-import collections
 import logging
 import os
 import secrets
@@ -42,20 +47,32 @@ import time
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from .. import protocol, security
-from . import redact
-from .config import Config, ConfigError, load
+from . import redact, spool
+from .config import Config, ConfigError, load, spool_directory
+from .outbox import Entry, Outbox
 
 log = logging.getLogger("zmq_emitter")
 
 _POLL_INTERVAL = 0.01  # seconds between looks at the socket's incoming subscriptions
 _MORE = zmq.NOBLOCK | zmq.SNDMORE
 _LAST = zmq.NOBLOCK
+_monotonic = time.monotonic
+_HANDSHAKE_FAILED = {zmq.EVENT_HANDSHAKE_FAILED_AUTH: "refused this runner's CURVE key (is its public key in the "
+                                                      "broker's --publisher-keys directory?)",
+                     zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "failed the CURVE handshake (is runner_zmq_curve_server_key "
+                                                          "the broker's public key?)",
+                     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "failed the CURVE handshake"}
+_HANDSHAKE_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                     | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+_MAX_BACKOFF = 30.0  # seconds between attempts to a broker that refused the handshake, at most
+_entry = tuple.__new__  # Entry(...) without NamedTuple's Python-level __new__: half the cost on the hot path
 
 
 class Publisher:
-    """One XPUB socket with its sequence numbers and its buffer.  Thread-safe.
+    """One XPUB socket, its outbox (outbox.py) and the thread that flushes it.  Thread-safe.
 
     >>> pub = Publisher(Config(bind=("tcp://127.0.0.1:*",)))
     >>> pub.send(b"status/run-1/starting", pub.header_prefix("json"), b'{"status":"starting"}')
@@ -66,22 +83,14 @@ class Publisher:
         self.id = secrets.token_hex(8)
         self._pid = os.getpid()
         self._lock = threading.Lock()
-        self._seq = 0
         self._linger_ms = config.linger
-        self._max_messages = config.buffer_messages
-        self._max_bytes = config.buffer_bytes
-        # The buffer, oldest first: messages sent but not yet acknowledged by a broker
-        # (kept only once a broker has acknowledged something), then messages not sent yet.
-        self._sent: collections.deque = collections.deque()    # (seq, frames)
-        self._unsent: collections.deque = collections.deque()  # (seq, frames)
-        self._buffer_bytes = 0
-        self._acknowledging = False  # a peer acknowledges what it received (a broker with history)
-        self.dropped = 0      # pushed out of the full buffer before they were ever sent
-        self.unconfirmed = 0  # pushed out of the full buffer after sending, never acknowledged
-        self._subscriptions: set[bytes] = set()
-        self._brokers: dict[str, str] = {}  # brokers that acknowledge: name -> token (protocol.Presence)
+        self._reconnect_wait_ms = config.reconnect_wait
+        self._outbox = Outbox(self.id, max_messages=config.buffer_messages, max_bytes=config.buffer_bytes,
+                              max_message_size=config.max_message_size, warn=_say)
         self._next_poll = 0.0
         self._closed = False
+        self._troubles: set = set()  # socket errors said once
+        self._awaiting_broker = False  # at exit: a broker that acknowledged before was away
 
         self._context = zmq.Context()  # our own: never the host application's Context.instance()
         sock = self._context.socket(zmq.XPUB)
@@ -93,9 +102,15 @@ class Publisher:
         sock.setsockopt(zmq.SNDHWM, config.sndhwm)
         sock.setsockopt(zmq.LINGER, config.linger)
         self._socket = sock
+        self._handshakes: zmq.Socket | None = None
+        self._refused: dict[str, float] = {}   # endpoint -> when to connect again
+        self._backoff: dict[str, float] = {}   # endpoint -> seconds to wait after its next refusal
         try:
             if config.curve_server_key:  # CURVE client of the broker (security.py)
                 security.curve_client(sock, config.curve_server_key, config.curve_key_pair)
+                # libzmq gives up for good on a connection whose CURVE handshake failed (a key the
+                # broker does not list): watch for it, say it once, connect again with a back-off.
+                self._handshakes = sock.get_monitor_socket(_HANDSHAKE_EVENTS)
             for endpoint in config.url:
                 sock.connect(endpoint)
             for endpoint in config.bind:
@@ -109,89 +124,115 @@ class Publisher:
             raise ConfigError(f"zmq_emitter: cannot use endpoint from runner_zmq_url/runner_zmq_bind "
                               f"{config.url + config.bind}: {exc}") from None
         self.last_endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT) if config.bind else None
+        self._spool: spool.Spool | None = None
+        self.claims: list[spool.Claim] = []  # spooled messages of earlier processes, sent before ours
+        self.spooled: list[tuple[str, int]] = []  # at close: (publisher, messages) written to the spool
+        directory = spool_directory(config.spool)
+        if directory is not None and config.url:  # (bind mode has no destination to come back to)
+            self._spool = spool.Spool(directory, config.url, max_messages=config.spool_messages,
+                                      max_bytes=config.spool_bytes)
+            try:
+                self.claims = self._spool.claim()
+                for claim in self.claims:
+                    self._outbox.adopt(claim.pub, claim.entries, claim.last)
+            except Exception as exc:  # whatever is in those files, the run goes on (what was claimed is
+                # taken back by a later process once this one is gone)
+                _say(f"zmq_emitter: cannot take over the spool in {self._spool.directory}: {exc!r}")
+                self._outbox = Outbox(self.id, max_messages=config.buffer_messages, max_bytes=config.buffer_bytes,
+                                      max_message_size=config.max_message_size, warn=_say)
+                self.claims = []
+            for note in self._spool.notes:
+                _say(note)
         # Buffered messages must not wait for the next event (a long task, the last run of a
         # long-lived process): a daemon thread flushes them and reads acknowledgements while
         # anything is buffered, and sleeps otherwise.
         self._buffered = threading.Event()
         threading.Thread(target=self._flush_in_background, name="zmq-emitter-flush", daemon=True).start()
+        if not self._outbox.settled:  # spooled messages taken over
+            self._buffered.set()
         atexit.register(self.close)
 
     def header_prefix(self, codec: str) -> bytes:
         return protocol.header_prefix(codec, self.id)
+
+    @property
+    def dropped(self) -> int:
+        """Own messages pushed out of the full buffer before they were ever sent."""
+        return self._outbox.own.dropped
+
+    @property
+    def unconfirmed(self) -> int:
+        """Own messages pushed out of the full buffer after sending, never acknowledged."""
+        return self._outbox.own.unconfirmed
+
+    @property
+    def truncated(self) -> int:
+        """Own messages sent cut, being larger than the limit (oversize.py)."""
+        return self._outbox.own.truncated
+
+    @property
+    def _acknowledging(self) -> bool:  # read by tests/test_plugin.py
+        return self._outbox.retaining
 
     # -- the hot path -------------------------------------------------------------------
 
     def send(self, topic: bytes, header_prefix: bytes, payload: bytes) -> None:
         """Publish one message, or keep it in the buffer if no peer can take it now.  Never blocks."""
         with self._lock:
-            self._seq += 1
-            entry = (self._seq, (topic, header_prefix + b"%d}" % self._seq, payload))
-            now = time.monotonic()
+            box = self._outbox
+            seq = box.seq = box.seq + 1  # the outbox's counter, stamped where the header is made
+            header = header_prefix + b"%d}" % seq
+            entry = _entry(Entry, (seq, topic, header, payload))
+            if len(payload) > box.limit:  # larger than a broker accepts: sent cut (oversize.py)
+                entry = box.cut(entry)
+                if entry is None:
+                    return
+                payload = entry.payload
+            now = _monotonic()
             if now >= self._next_poll:
                 self._next_poll = now + _POLL_INTERVAL
                 self._read_incoming()
-            if self._unsent or not self._subscriptions:
-                self._keep(self._unsent, entry)
+            if box.waiting or not box.subscribed:  # (closed: never subscribed)
+                self._keep(entry)
                 self._flush()
                 return
             try:
-                self._send_frames(entry[1])
-            except zmq.ZMQError:  # EAGAIN: the peer's queue is full; ETERM etc.: keep it
-                self._keep(self._unsent, entry)
+                # Three plain sends: pyzmq's send_multipart spends more on flag handling than
+                # libzmq spends sending.  libzmq checks the high-water mark on whole messages,
+                # so a message whose first frame was accepted is accepted whole.
+                send = self._socket.send
+                send(topic, _MORE)
+                send(header, _MORE)
+                send(payload, _LAST)
+            except zmq.Again:  # the peer's queue is full (XPUB_NODROP): it waits
+                self._keep(entry)
                 return
-            if self._acknowledging:
-                self._keep(self._sent, entry)
+            except zmq.ZMQError as exc:
+                self._keep(entry)
+                self._trouble(exc)
+                return
+            if box.retaining:
+                if box.retain(entry):
+                    self._buffered.set()  # the first one: the flush thread reads acknowledgements from now on
 
     # -- everything off the hot path ----------------------------------------------------
 
     def _read_incoming(self) -> None:
-        """Apply the (un)subscriptions and acknowledgements peers sent since the last look."""
-        sock = self._socket
+        """Hand the outbox the (un)subscriptions and acknowledgements peers sent since the last look."""
+        sock, box = self._socket, self._outbox
         try:
             while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                frame = sock.recv(zmq.NOBLOCK)
-                if frame[:1] in (b"\x01", b"\x00"):
-                    presence = protocol.parse_presence(frame[1:])
-                    if presence is not None:  # a broker that acknowledges, (dis)connecting
-                        if frame[:1] == b"\x01":
-                            self._brokers[presence.broker] = presence.token
-                        elif self._brokers.get(presence.broker) == presence.token:
-                            del self._brokers[presence.broker]
-                    elif frame[:1] == b"\x01":
-                        if not self._subscriptions:
-                            # A peer is (back) after none was: what the last one did not
-                            # acknowledge goes again, before anything newer.
-                            self._unsent.extendleft(reversed(self._sent))
-                            self._sent.clear()
-                        self._subscriptions.add(frame[1:])
-                    else:
-                        self._subscriptions.discard(frame[1:])
-                else:
-                    ack = protocol.parse_ack(frame)
-                    # Only a present broker's own token counts: a subscriber cannot acknowledge.
-                    if ack is not None and self._brokers.get(ack.broker) == ack.token:
-                        acked = ack.acks.get(self.id)
-                        if isinstance(acked, int):
-                            self._acknowledging = True
-                            self._acknowledge(acked)
-        except zmq.ZMQError:
+                box.upstream(sock.recv(zmq.NOBLOCK))
+        except zmq.Again:
             pass
+        except zmq.ZMQError as exc:
+            self._trouble(exc)
 
-    def _acknowledge(self, seq: int) -> None:
-        sent, unsent = self._sent, self._unsent
-        while sent and sent[0][0] <= seq:
-            self._buffer_bytes -= len(sent.popleft()[1][2])
-        while unsent and unsent[0][0] <= seq:  # queued again for a broker that has them (its history on disk)
-            self._buffer_bytes -= len(unsent.popleft()[1][2])
-
-    def _send_frames(self, frames: tuple) -> None:
-        # Three plain sends: pyzmq's send_multipart spends more on flag handling than libzmq
-        # spends sending.  libzmq checks the high-water mark on whole messages, so a message
-        # whose first frame was accepted is accepted whole.
-        send = self._socket.send
-        send(frames[0], _MORE)
-        send(frames[1], _MORE)
-        send(frames[2], _LAST)
+    def _send_frames(self, entry: Entry) -> None:
+        send = self._socket.send  # as in send(), for a buffered entry
+        send(entry.topic, _MORE)
+        send(entry.header, _MORE)
+        send(entry.payload, _LAST)
 
     def _flush_in_background(self) -> None:
         while not self._closed:
@@ -203,39 +244,67 @@ class Publisher:
                     return
                 self._read_incoming()
                 self._flush()
-                if not self._unsent and not self._sent:
+                self._watch_handshakes()
+                if self._outbox.settled:
                     self._buffered.clear()
             time.sleep(_POLL_INTERVAL)
 
-    def _keep(self, queue: collections.deque, entry: tuple) -> None:
-        queue.append(entry)
-        if not self._buffered.is_set():  # set() takes a lock and notifies: only when it changes anything
+    def _keep(self, entry: Entry) -> None:
+        box = self._outbox
+        if box.keep(entry):
             self._buffered.set()
-        self._buffer_bytes += len(entry[1][2])
-        sent, unsent = self._sent, self._unsent
-        while len(sent) + len(unsent) > self._max_messages or self._buffer_bytes > self._max_bytes:
-            if sent:  # sent and probably delivered: only the chance to send it again is lost
-                self._buffer_bytes -= len(sent.popleft()[1][2])
-                self.unconfirmed += 1
-            else:
-                self._buffer_bytes -= len(unsent.popleft()[1][2])
-                self.dropped += 1
+        elif box.closed and box.after_close == 1:
+            _say(f"zmq_emitter: publisher {self.id} is closed (process exit); messages handed to it from now "
+                 "on are dropped")
 
     def _flush(self) -> None:
         """Send buffered messages, oldest first, while peers take them."""
-        if not self._subscriptions:
+        box = self._outbox
+        if not box.subscribed:
             return
-        unsent, sock = self._unsent, self._socket
         try:
-            while unsent:
-                self._send_frames(unsent[0][1])
-                entry = unsent.popleft()
-                if self._acknowledging:
-                    self._sent.append(entry)
-                else:
-                    self._buffer_bytes -= len(entry[1][2])
-        except zmq.ZMQError:
+            while (entry := box.next_unsent()) is not None:
+                self._send_frames(entry)
+                box.was_sent()
+        except zmq.Again:
             pass
+        except zmq.ZMQError as exc:
+            self._trouble(exc)
+
+    def _watch_handshakes(self) -> None:
+        """Connect again, after a back-off, to a broker that refused the CURVE handshake (said once)."""
+        monitor = self._handshakes
+        if monitor is None:
+            return
+        now = time.monotonic()
+        while monitor.poll(0):
+            event = recv_monitor_message(monitor)
+            endpoint = event["endpoint"].decode(errors="replace")
+            if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._backoff.pop(endpoint, None)
+            elif event["event"] in _HANDSHAKE_FAILED and endpoint not in self._refused:
+                backoff = self._backoff.get(endpoint)
+                if backoff is None:
+                    _say(f"zmq_emitter: publisher {self.id}: the broker at {endpoint} "
+                         f"{_HANDSHAKE_FAILED[event['event']]}; trying again every {_MAX_BACKOFF:g} s at most")
+                    backoff = 1.0
+                self._refused[endpoint] = now + backoff
+                self._backoff[endpoint] = min(backoff * 2, _MAX_BACKOFF)
+        for endpoint, when in list(self._refused.items()):
+            if now >= when:
+                del self._refused[endpoint]
+                try:
+                    self._socket.disconnect(endpoint)
+                except zmq.ZMQError:
+                    pass  # gone already with the refused connection
+                self._socket.connect(endpoint)
+
+    def _trouble(self, exc: zmq.ZMQError) -> None:
+        """A socket error other than a full queue: the messages wait; say it once per kind of error."""
+        if exc.errno not in self._troubles:
+            self._troubles.add(exc.errno)
+            _say(f"zmq_emitter: publisher {self.id}: socket error {exc} (errno {exc.errno}); messages wait "
+                 "in the buffer")
 
     def flush(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds until everything is sent (and acknowledged, by a broker that does)."""
@@ -244,56 +313,142 @@ class Publisher:
             with self._lock:
                 self._read_incoming()
                 self._flush()
-                if not self._unsent and not self._sent:
+                self._watch_handshakes()
+                if self._outbox.settled:
                     return True
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
             self._socket.poll(min(remaining, 0.01) * 1000)
 
+    def _settle(self, start: float) -> bool:
+        """``flush`` for the exit: up to ``runner_zmq_linger`` after ``start``; up to
+        ``runner_zmq_reconnect_wait`` once a broker that has acknowledged before was seen away."""
+        linger_end = start + self._linger_ms / 1000
+        reconnect_end = start + self._reconnect_wait_ms / 1000
+        while True:
+            with self._lock:
+                self._read_incoming()
+                self._flush()
+                self._watch_handshakes()
+                if self._outbox.settled:
+                    return True
+                # Sticky: a broker that came back still has to acknowledge what it gets again.
+                self._awaiting_broker = self._awaiting_broker or self._outbox.awaits_broker()
+            remaining = (max(linger_end, reconnect_end) if self._awaiting_broker else linger_end) - time.monotonic()
+            if remaining <= 0:
+                return False
+            self._socket.poll(min(remaining, 0.01) * 1000)
+
     def close(self) -> None:
-        """Send the closing report, flush (bounded by the linger setting), close, and report any loss."""
+        """Flush, send the closing report, flush again, close, and report what did not get through.
+
+        The waits together last up to ``runner_zmq_linger`` ms, or ``runner_zmq_reconnect_wait``
+        ms while a broker that acknowledged before is away.  The report comes after the first
+        wait, so that its ``buffered`` says what was still not done then.
+        """
         if self._closed or os.getpid() != self._pid:
             return  # closed already, or a forked child: the parent's socket is not ours
         start = time.monotonic()
+        box, own = self._outbox, self._outbox.own
+        self._settle(start)
         with self._lock:
-            published = self._seq
-            report = {"publisher": self.id, "published": published, "dropped": self.dropped,
-                      "unconfirmed": self.unconfirmed, "buffered": len(self._unsent) + len(self._sent)}
-        self.send(protocol.topic("publisher", self.id, "closed"), self.header_prefix("json"),
-                  protocol.encode_json(report))
-        self.flush(self._linger_ms / 1000)
+            published = box.seq
+            report = {"publisher": self.id, "published": published, "dropped": own.dropped,
+                      "unconfirmed": own.unconfirmed, "truncated": own.truncated,
+                      "buffered": len(own.sent) + len(own.unsent)}
+        if published:
+            self.send(protocol.topic("publisher", self.id, "closed"), self.header_prefix("json"),
+                      protocol.encode_json(report))
+            self._settle(start)
         with self._lock:
             self._closed = True
+            box.close()
             self._buffered.set()  # lets the flush thread see it and end
-            undelivered = sum(1 for seq, _ in self._unsent if seq <= published)
-            unacknowledged = sum(1 for seq, _ in self._sent if seq <= published)
+            leftovers = [(stream, stream.pending()) for stream in box.streams]
+            # What libzmq still queues (sent to a peer that does not acknowledge) gets what is
+            # left of the linger time to go out.
             remaining_ms = max(0, int(self._linger_ms - (time.monotonic() - start) * 1000))
+            if self._handshakes is not None:
+                self._socket.disable_monitor()
+                self._handshakes.close(0)
             self._socket.close(linger=remaining_ms)
             self._context.term()
-        if self.dropped or undelivered:
-            _report_loss("zmq_emitter: publisher %s lost %d of %d messages: %d pushed out of the full buffer "
-                         "(runner_zmq_buffer_messages/_bytes), %d still undelivered at exit (no peer within "
-                         "runner_zmq_linger=%d ms)", self.id, self.dropped + undelivered, published,
-                         self.dropped, undelivered, self._linger_ms)
-        if self.unconfirmed or unacknowledged:
-            _report_loss("zmq_emitter: publisher %s: %d of %d messages were sent but never acknowledged by the "
-                         "broker (%d pushed out of the buffer, %d at exit); they may or may not have arrived",
-                         self.id, self.unconfirmed + unacknowledged, published, self.unconfirmed, unacknowledged)
+        _forget(self)
+        if self._spool is not None:
+            try:
+                for stream, pending in leftovers:
+                    for note in self._spool.store(stream.pub, pending,
+                                                  last=box.seq if stream is own else stream.last):
+                        _say(note)
+                    if pending:
+                        self.spooled.append((stream.pub, len(pending)))
+                self._spool.release(self.claims)
+            except Exception as exc:  # never an exception at exit; what was claimed is taken back later
+                _say(f"zmq_emitter: publisher {self.id}: spooling in {self._spool.directory} failed: {exc!r}")
+        self._report(published, leftovers)
+
+    def spool_report(self) -> list[tuple[str, int, int, int]]:
+        """After ``close``: for each publisher taken over from the spool, (pub, messages taken,
+        acknowledged or delivered, spooled again)."""
+        again = dict(self.spooled)
+        report = []
+        for claim in self.claims:
+            stream = next(s for s in self._outbox.streams if s.pub == claim.pub)
+            left = again.get(claim.pub, 0)
+            report.append((claim.pub, len(claim.entries), len(claim.entries) - left - stream.dropped
+                           - stream.unconfirmed, left))
+        return report
+
+    def _report(self, published: int, leftovers: list) -> None:
+        """One line on stderr (or the log) for each kind of trouble at exit."""
+        box, own = self._outbox, self._outbox.own
+        pending = dict((stream.pub, entries) for stream, entries in leftovers)[self.id]
+        undelivered = sum(1 for entry in own.unsent if entry.seq <= published)
+        unacknowledged = sum(1 for entry in own.sent if entry.seq <= published)
+        if self._spool is not None:
+            if pending:
+                _say(f"zmq_emitter: publisher {self.id}: {len(pending)} messages not acknowledged by exit "
+                     f"(no broker within runner_zmq_linger={self._linger_ms} ms or runner_zmq_reconnect_wait="
+                     f"{self._reconnect_wait_ms} ms) are spooled in {self._spool.directory}: the next process "
+                     "publishing there sends them first (or `zmq-emitter spool --send`)")
+            undelivered = unacknowledged = 0
+        if own.dropped or undelivered:
+            _say("zmq_emitter: publisher %s lost %d of %d messages: %d pushed out of the full buffer "
+                 "(runner_zmq_buffer_messages/_bytes), %d still undelivered at exit (no peer within "
+                 "runner_zmq_linger=%d ms)" % (self.id, own.dropped + undelivered, published,
+                                               own.dropped, undelivered, self._linger_ms))
+        if own.unconfirmed or unacknowledged:
+            _say("zmq_emitter: publisher %s: %d of %d messages were sent but never acknowledged by the "
+                 "broker (%d pushed out of the buffer, %d at exit); they may or may not have arrived"
+                 % (self.id, own.unconfirmed + unacknowledged, published, own.unconfirmed, unacknowledged))
+        if own.truncated:
+            _say(f"zmq_emitter: publisher {self.id}: {own.truncated} of {published} messages were larger than "
+                 f"{box.limit} bytes (runner_zmq_max_message_size, or a broker's --max-message-size) and were "
+                 f"sent cut, marked {protocol.TRUNCATED}")
+        for stream in box.streams[:-1]:  # taken over from the spool
+            if stream.dropped or stream.unconfirmed:
+                _say(f"zmq_emitter: spooled publisher {stream.pub}: {stream.dropped} messages pushed out of the full "
+                     f"buffer unsent (lost), {stream.unconfirmed} sent but pushed out before any acknowledgement")
 
     def _abandon(self) -> None:
         self._closed = True
+        if self._handshakes is not None:
+            self._handshakes.close(0)
         self._socket.close(linger=0)
         self._context.term()
 
 
-def _report_loss(message: str, *args: Any) -> None:
-    # `ansible-runner run` mutes the root logger (level 99, a NullHandler), which would hide
-    # the one line saying that messages were lost; then it goes to stderr directly.
+def _say(message: str) -> None:
+    """A warning: logged, or on stderr if logging is muted.
+
+    `ansible-runner run` mutes the root logger (level 99, a NullHandler), which would hide
+    the one line saying that messages were lost.
+    """
     if log.isEnabledFor(logging.WARNING):
-        log.warning(message, *args)
+        log.warning("%s", message)
     else:
-        print(message % args, file=sys.stderr, flush=True)
+        print(message, file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------------------------------
@@ -336,9 +491,20 @@ def _resolve(runner_config: Any) -> _Route:
         return route
 
 
+def _forget(publisher: Publisher) -> None:
+    """A closed publisher is not handed out again: a later run of this process gets a new one."""
+    with _resolve_lock:
+        for key, value in list(_publishers.items()):
+            if value is publisher:
+                del _publishers[key]
+
+
 def _topic(kind: str, ident: Any, name: Any) -> bytes:
     key = (kind, ident, name)
-    topic = _topics.get(key)
+    try:
+        topic = _topics.get(key)
+    except TypeError:  # an ident or name that is not hashable (a list...): no cache, never an exception
+        return protocol.topic(kind, "" if ident is None else str(ident), "" if name is None else str(name))
     if topic is None:
         if len(_topics) > 4096:
             _topics.clear()
