@@ -6,7 +6,8 @@
 - ``publisher_into``: a raw XPUB connected to a broker's frontend, once the broker subscribed;
 - ``LateHop``: a forwarder between a broker's backend and a subscriber, started when the test
   says: a subscription that reaches the broker late, on demand;
-- ``two_runs_of_one_process``: two ``ansible_runner.run_async`` runs in one process;
+- ``two_runs_of_one_process``: two ``ansible_runner.run_async`` runs in one process; ``wait_closed``
+  until a broker's history has recorded them;
 - ``tail`` / ``finish``: ``zmq-emitter tail`` as a real process.
 """
 from __future__ import annotations
@@ -20,9 +21,10 @@ from pathlib import Path
 
 import zmq
 
-from conftest import BIN, runner_env
+from conftest import BIN, FINAL_STATUSES, runner_env
 
 from zmq_emitter import protocol
+from zmq_emitter.consumers import Subscriber
 
 
 def message(pub: str, seq: int, kind: str = "event", ident: str = "run", name: str = "runner_on_ok",
@@ -123,6 +125,24 @@ def two_runs_of_one_process(projects: tuple[Path, Path], frontend: str) -> None:
     result = subprocess.run([sys.executable, "-c", TWO_RUNS, *map(str, projects)],
                             env=runner_env(RUNNER_ZMQ_URL=frontend), capture_output=True, text=True, timeout=180)
     assert result.stdout.split() == ["failed", "failed"], result.stdout + result.stderr
+
+
+def wait_closed(history: str, idents: set[str], timeout: float = 60.0) -> dict:
+    """Until the history has the final status of each run in ``idents`` and the closing report of their
+    publisher; that publisher's entry of the ``runs`` answer."""
+    deadline = time.monotonic() + timeout
+    with Subscriber([], history=history) as asker:
+        while time.monotonic() < deadline:
+            answer = asker.request("runs")
+            if answer:
+                runs = {run["ident"]: run for run in answer[0]["runs"]}
+                if all(runs.get(ident, {}).get("status") in FINAL_STATUSES for ident in idents):
+                    publishers = {pub for ident in idents for pub in runs[ident]["publishers"]}
+                    closed = [p for p in answer[0]["publishers"] if p["publisher"] in publishers and p["closed"]]
+                    if len(closed) == len(publishers) == 1:
+                        return closed[0]
+            time.sleep(0.1)
+    raise AssertionError(f"the history did not record the end of {idents} within {timeout}s")
 
 
 def tail(*args: str) -> subprocess.Popen:

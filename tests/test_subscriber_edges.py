@@ -11,31 +11,13 @@ import time
 import pytest
 import zmq
 
-from conftest import FINAL_STATUSES, collect_run, job_events, wait_recorded
-from consumer_helpers import BoundPublisher, LateHop, message, publisher_into, two_runs_of_one_process
+from conftest import collect_run, job_events, wait_recorded
+from consumer_helpers import BoundPublisher, LateHop, message, publisher_into, two_runs_of_one_process, wait_closed
 
 from zmq_emitter import protocol
 from zmq_emitter.broker import Broker
 from zmq_emitter.demo import PROJECT
 from zmq_emitter.consumers.subscriber import AsyncSubscriber, Gap, Subscriber, subscriptions
-
-
-def wait_closed(history: str, idents: set[str], timeout: float = 60.0) -> dict:
-    """Until the history has the final status of each run in ``idents`` and the closing report of their
-    publisher; that publisher's entry of the ``runs`` answer."""
-    deadline = time.monotonic() + timeout
-    with Subscriber([], history=history) as asker:
-        while time.monotonic() < deadline:
-            answer = asker.request("runs")
-            if answer:
-                runs = {run["ident"]: run for run in answer[0]["runs"]}
-                if all(runs.get(ident, {}).get("status") in FINAL_STATUSES for ident in idents):
-                    publishers = {pub for ident in idents for pub in runs[ident]["publishers"]}
-                    closed = [p for p in answer[0]["publishers"] if p["publisher"] in publishers and p["closed"]]
-                    if len(closed) == len(publishers) == 1:
-                        return closed[0]
-            time.sleep(0.1)
-    raise AssertionError(f"the history did not record the end of {idents} within {timeout}s")
 
 
 def drain(sub: Subscriber, quiet: float = 1.0) -> list[protocol.Message]:

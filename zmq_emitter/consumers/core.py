@@ -128,7 +128,7 @@ class Tracker:
                  on_gap: Callable[[Gap], None] | None = None,
                  on_invalid: Callable[[list[bytes], ProtocolError], None] | None = None,
                  on_error: Callable[[str], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, history_name: str = "the history service"):
         self.prefixes = tuple(t.encode() if isinstance(t, str) else t for t in topics)
         self.track_gaps = _covers_everything(self.prefixes)
         self.recovers = recovers
@@ -137,6 +137,7 @@ class Tracker:
         self.on_invalid = on_invalid or _warn_invalid_once(self)
         self.on_error = on_error or _warn
         self.clock = clock
+        self.history_name = history_name  # in what on_error is told
         self.counts = Counts()
         self.gaps: list[Gap] = []
         self.last_seq: dict[str, int] = {}
@@ -367,12 +368,12 @@ class Tracker:
     def _answer(self, reply: list[bytes] | None) -> tuple[dict, list[list[bytes]]] | None:
         """The parsed reply, or None (no answer, or an error reply: reported once until a good one)."""
         if reply is None:
-            trouble = "the history service did not answer in time (what it was asked for is reported missing)"
+            trouble = f"{self.history_name} did not answer in time"
         else:
             try:
                 answer = protocol.parse_reply(reply)
             except ProtocolError as exc:
-                trouble = f"{exc} (what it was asked for is reported missing)"
+                trouble = f"{self.history_name}: {exc}"
             else:
                 if self._history_trouble is not None:
                     log.info("the history service answers again")

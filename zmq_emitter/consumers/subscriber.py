@@ -106,7 +106,7 @@ class _SubscriberBase:
         self.endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
         self.on_error = on_error or _warn
         self.tracker = Tracker(topics, recovers=history is not None, on_gap=on_gap, on_invalid=on_invalid,
-                               on_error=self.on_error)
+                               on_error=self.on_error, history_name=f"the history service at {history}")
         self._rcvhwm = rcvhwm
         self.history = history
         self.history_timeout = history_timeout
