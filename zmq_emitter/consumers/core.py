@@ -267,8 +267,8 @@ class Tracker:
     def reconnected(self) -> Plan:
         """After new connections: ``catch_up``, and the seam (the new subscription is not in place yet)."""
         queued = yield from self.catch_up()
-        if queued is not None:
-            self._open_seam(KNOWN)
+        if queued is not None and (self._seam is None or self._seam.scope == KNOWN):
+            self._open_seam(KNOWN)  # (a replay's seam still open is kept: it covers its runs from their start)
         return queued
 
     def behind(self, publishers: Iterable[dict]) -> list[Gap]:
