@@ -14,7 +14,7 @@ import zmq
 from conftest import collect_run, job_events, wait_recorded
 from consumer_helpers import BoundPublisher, LateHop, message, publisher_into, two_runs_of_one_process, wait_closed
 
-from zmq_emitter import protocol
+from zmq_emitter import protocol, security
 from zmq_emitter.broker import Broker
 from zmq_emitter.demo import PROJECT
 from zmq_emitter.consumers.subscriber import AsyncSubscriber, Gap, Subscriber, subscriptions
@@ -186,3 +186,37 @@ def test_a_replay_gets_the_end_of_a_run_that_ended_before_the_subscription_was_i
         assert [m.seq for m in messages] == list(range(1, 81)) and sub.gaps == []
     finally:
         context.destroy(linger=0)
+
+
+def test_an_asyncio_subscriber_refused_by_a_curve_broker_says_so_once_and_gets_in_once_its_key_is_added(tmp_path):
+    keys, allowed = tmp_path / "keys", tmp_path / "subscribers"
+    for name in ("broker", "watcher"):
+        security.generate_keys(keys, name)
+    allowed.mkdir()
+    broker = Broker([f"ipc://{tmp_path}/f"], [f"ipc://{tmp_path}/b"], [], startup_grace=0,
+                    curve=security.ServerCurve.load(keys / "broker.key_secret", None, allowed)).start()
+    context = zmq.Context()
+    told = []
+
+    async def main():
+        async with AsyncSubscriber(broker.backend_endpoints, curve_server_key=str(keys / "broker.key"),
+                                   curve_secret_key_file=str(keys / "watcher.key_secret"), on_error=told.append) as sub:
+            deadline = time.monotonic() + 30
+            while not told and time.monotonic() < deadline:
+                assert await sub.recv(timeout=0.1) is None
+            shutil.copy(keys / "watcher.key", allowed / "watcher.key")  # the operator adds the key
+            sock = publisher_into(context, broker.frontend_endpoints[0],
+                                  security.ClientCurve.load(str(keys / "broker.key"), None))
+            for seq in range(1, 6000):  # until the subscriber is let in
+                sock.send_multipart(message("c0ffeec0ffeec0ff", seq))
+                if (msg := await sub.recv(timeout=0.01)) is not None:
+                    return msg
+        return None
+
+    try:
+        msg = asyncio.run(main())
+    finally:
+        context.destroy(linger=0)
+        broker.stop()
+    assert msg is not None and msg.publisher == "c0ffeec0ffeec0ff"
+    assert len(told) == 1 and "refused this subscriber (CURVE key not allowed" in told[0]
