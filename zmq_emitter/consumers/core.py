@@ -101,6 +101,7 @@ class _Seam:
     interval: float = SEAM_POLL_FIRST
 
 
+FINAL_STATUSES = frozenset({"successful", "failed", "timeout", "canceled", "error"})  # a run's last message
 KNOWN = "\x00known"  # _Seam.scope after a reconnect: the publishers this tracker has seen, not runs
 
 
@@ -248,7 +249,7 @@ class Tracker:
         or repeat (the seam, see the module docstring).
         """
         queued = yield from self._sync(ident)
-        if queued is not None and self.recovers:
+        if queued is not None and self.recovers and not self._ended(ident):
             self._open_seam(ident)
         return queued
 
@@ -292,7 +293,18 @@ class Tracker:
             return None
         seam.interval = min(seam.interval * 2, SEAM_POLL_MAX)
         seam.next_poll = self.clock() + seam.interval
-        return self._seam_catch_up(seam.scope)
+        return self._seam_poll(seam.scope)
+
+    def _seam_poll(self, scope: str | None) -> Plan:
+        queued = yield from self._seam_catch_up(scope)
+        if self._seam is not None and self._ended(scope):
+            self._seam = None  # the run is over: nothing of it can come live any more
+        return queued
+
+    def _ended(self, ident: str | None) -> bool:
+        """Whether run ``ident``'s final status is among the messages queued (and so nothing of it is to come)."""
+        return ident is not None and ident != KNOWN and any(
+            msg.kind == "status" and msg.name in FINAL_STATUSES and msg.ident == ident for msg in self.ready)
 
     def next_due(self) -> float | None:
         """When ``due`` will have a plan (``clock`` time), or None."""
@@ -347,13 +359,16 @@ class Tracker:
         """Queue history messages per publisher in seq order (publishers in order of first
         appearance), each once; then report what ``missing`` says is gone and was not queued."""
         decoded: dict[str, dict[int, list[bytes]]] = {}
+        returned: dict[str, dict[int, None]] = {}  # every seq the history returned, wanted or not: not lost
         for frames in batches:
             try:
                 env = protocol.envelope(frames)
             except ProtocolError:
                 self.accept(frames)  # counted and reported as invalid
                 continue
-            decoded.setdefault(env.publisher, {})[env.seq] = frames
+            returned.setdefault(env.publisher, {})[env.seq] = None
+            if bytes(frames[0]).startswith(self.prefixes):  # a run's events, say, to a subscription to its statuses
+                decoded.setdefault(env.publisher, {})[env.seq] = frames
         queued = 0
         for by_seq in decoded.values():
             for seq in sorted(by_seq):
@@ -361,7 +376,7 @@ class Tracker:
                 if msg is not None:
                     self.ready.append(msg)
                     queued += 1
-        for gap in _merge_ranges(missing, decoded):
+        for gap in _merge_ranges(missing, returned):
             self.lost(gap)
         return queued
 
