@@ -538,7 +538,7 @@ class Dialogue:
 MONITOR_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
                   | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
                   | zmq.EVENT_DISCONNECTED)
-WAITING_NOTICE_AFTER = 1.5  # seconds without a connection before saying so (once)
+WAITING_NOTICE_AFTER = 2.0  # seconds without a connection before saying so (once)
 RETRY_FIRST, RETRY_MAX = 1.0, 30.0  # back-off of connecting again after a refused handshake
 
 
