@@ -121,7 +121,10 @@ def tail(
     fmt: str = typer.Option("pretty", "--format", help="pretty, json or stdout."),
     until_done: bool = typer.Option(False, "--until-done",
                                     help="Exit at the run's final status: 0 successful, 1 failed, 3 timeout, "
-                                         "4 canceled, 5 error."),
+                                         "4 canceled, 5 error (without --ident: of the first run seen)."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", min=0,
+                                            help="Give up after this many seconds: exit 124 if --until-done or "
+                                                 "--count was still waiting (0 otherwise)."),
     colour: Optional[bool] = typer.Option(None, "--color/--no-color", help="Colour (default: on a terminal)."),
     replay: bool = typer.Option(False, "--replay", help="Print the broker's history first (of --ident, or of every "
                                                         "run it knows), then go on live."),
@@ -145,6 +148,9 @@ def tail(
         problem = check_endpoint(endpoint, bind=False)
         if problem:
             _fail(f"--connect {endpoint!r}: {problem}", 2)
+    if replay and until_done and ident is None:
+        _fail("--replay --until-done needs --ident RUN: which run's final status to wait for "
+              "(`zmq-emitter runs` lists the runs the history knows)", 2)
     filters = tail_module.Filters(kinds=kinds, ident=ident, events=tuple(_split(event)), hosts=tuple(_split(host)))
     try:
         if replay and history is None:
@@ -153,7 +159,7 @@ def tail(
             _fail(f"--history {history!r}: {check_endpoint(history, bind=False)}", 2)
         code = tail_module.run(endpoints, filters, fmt=fmt, count=count, until_done=until_done, colour=colour,
                                curve_server_key=curve_server_key, curve_secret_key_file=curve_secret_key_file,
-                               history=history, replay=replay)
+                               history=history, replay=replay, timeout=timeout)
     except security.SecurityError as exc:
         _fail(f"tail: {exc}", 2)
     except KeyboardInterrupt:

@@ -1,10 +1,13 @@
 """The consumers: what reads the bus.
 
-- ``subscriber``  the library: ``Tracker`` (sans-I/O) with ``Subscriber`` / ``AsyncSubscriber`` around it
+- ``core``        the sans-I/O core: ``Tracker`` (messages, gaps, history dialogues), ``Dialogue``
+- ``link``        the connections' health, from socket-monitor events (sans-I/O): ``Link``
+- ``subscriber``  the library: ``Subscriber`` / ``AsyncSubscriber``, thin shells around the core
 - ``tail``        the terminal view (``zmq-emitter tail``)
 
     >>> from zmq_emitter.consumers import Subscriber
 """
-from .subscriber import AsyncSubscriber, Gap, Subscriber, Tracker, subscriptions
+from .core import Gap, Tracker
+from .subscriber import AsyncSubscriber, Subscriber, subscriptions
 
 __all__ = ["AsyncSubscriber", "Gap", "Subscriber", "Tracker", "subscriptions"]

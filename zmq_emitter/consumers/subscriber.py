@@ -22,49 +22,30 @@ Nothing missed, or told exactly what (docs/reliability.md)::
     sub.reconnect()           # new connections, then everything that passed meanwhile
     sub.gaps                  # what the history no longer held: publisher and seq range
 
-The logic lives once, in the sans-I/O ``Tracker`` (decoding, duplicates, gaps in each
-publisher's sequence numbers, filling gaps); ``Subscriber`` and ``AsyncSubscriber`` only
-decide how frames and history answers are received.  A message that does not decode is
-counted and skipped, never raised: a subscriber survives any bytes on its socket.
+The logic lives once, in sans-I/O cores (``core.py``: ``Tracker`` for decoding, duplicates,
+gaps and the history dialogues, ``Dialogue`` for requests and replies; ``link.py``: ``Link``
+for the connections' health); ``Subscriber`` and ``AsyncSubscriber`` only move frames and wait.  A
+message that does not decode is counted and skipped, never raised: a subscriber survives any
+bytes on its socket, and any reply from a history service.
 """
 from __future__ import annotations
 
-import collections
-import dataclasses
-import logging
-from typing import AsyncIterator, Callable, Iterable, Iterator
+import math
+import time
+from typing import Any, AsyncIterator, Callable, Iterable, Iterator
 
 import zmq
 import zmq.asyncio
+from zmq.utils.monitor import parse_monitor_message
 
 from .. import protocol, security
 from ..protocol import Message, ProtocolError
+from .core import Counts, Dialogue, Gap, Plan, Request, Tracker, _warn
+from .link import MONITOR_EVENTS, Link
 
-log = logging.getLogger("zmq_emitter.subscriber")
+__all__ = ["AsyncSubscriber", "Counts", "Gap", "Subscriber", "Tracker", "subscriptions", "DEFAULT_ENDPOINT"]
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5558"  # the broker's default backend
-
-
-@dataclasses.dataclass(frozen=True)
-class Gap:
-    """Messages ``first``..``last`` (inclusive) of ``publisher`` never arrived."""
-
-    publisher: str
-    first: int
-    last: int
-
-    @property
-    def count(self) -> int:
-        return self.last - self.first + 1
-
-
-@dataclasses.dataclass
-class Counts:
-    received: int = 0     # valid messages handed to the caller
-    invalid: int = 0      # messages that did not decode, skipped
-    duplicates: int = 0   # messages seen before (same publisher and seq), skipped
-    missed: int = 0       # messages in gaps, gone for good
-    recovered: int = 0    # messages of gaps fetched from the broker's history
 
 
 def subscriptions(kinds: Iterable[str] = protocol.KINDS, ident: str | None = None,
@@ -88,136 +69,9 @@ def subscriptions(kinds: Iterable[str] = protocol.KINDS, ident: str | None = Non
     return prefixes
 
 
-class Tracker:
-    """Sans-I/O core: frames in, Message (or None for skipped input) out.
-
-    Gap detection follows each publisher's ``seq``; it is only meaningful when the
-    subscription covers all of a publisher's messages, so it is on only then
-    (``track_gaps``).  The first message of a publisher starts its sequence: joining
-    mid-stream is not a gap.
-
-    Recovery from a broker's history (``recovers=True``) is a dialogue with the I/O layer:
-    ``accept`` returns the ``Gap`` instead of the message that revealed it; the caller fetches
-    the gap's messages and hands them to ``fill``, which queues them, then that message, in
-    ``ready``.  ``Subscriber`` and ``AsyncSubscriber`` differ only in how they fetch.
-    """
-
-    def __init__(self, topics: Iterable[bytes | str] = (b"",), *, recovers: bool = False,
-                 on_gap: Callable[[Gap], None] | None = None,
-                 on_invalid: Callable[[list[bytes], ProtocolError], None] | None = None):
-        self.prefixes = tuple(t.encode() if isinstance(t, str) else t for t in topics)
-        self.track_gaps = _covers_everything(self.prefixes)
-        self.recovers = recovers
-        self.ready: collections.deque[Message] = collections.deque()  # to hand out before reading the socket
-        self.on_gap = on_gap or _warn_gap
-        self.on_invalid = on_invalid or _warn_invalid_once(self)
-        self.counts = Counts()
-        self.gaps: list[Gap] = []
-        self.last_seq: dict[str, int] = {}
-        self._revealed_by: Message | None = None  # the message after the gap being recovered
-
-    def accept(self, frames: list[bytes], *, detect_gaps: bool = True) -> Message | Gap | None:
-        """The decoded message; None for input that is skipped (undecodable, or seen before);
-        a ``Gap`` to recover first (only with ``recovers``): pass its messages to ``fill``."""
-        try:
-            msg = protocol.decode(frames)
-        except ProtocolError as exc:
-            self.counts.invalid += 1
-            self.on_invalid(frames, exc)
-            return None
-        last = self.last_seq.get(msg.publisher)
-        if last is not None and msg.seq <= last:  # a publisher's seq only grows: this is a repeat
-            self.counts.duplicates += 1
-            return None
-        self.last_seq[msg.publisher] = msg.seq
-        self.counts.received += 1
-        if detect_gaps and self.track_gaps and last is not None and msg.seq > last + 1:
-            gap = Gap(msg.publisher, last + 1, msg.seq - 1)
-            if self.recovers:
-                self._revealed_by = msg
-                return gap
-            self.lost(gap)
-        return msg
-
-    def behind(self, publishers: Iterable[dict]) -> list[Gap]:
-        """The gaps between what this tracker saw and what a broker's history received
-        (the ``publishers`` of its ``runs`` answer), for publishers this tracker knows.
-        They count as seen from now on: ``fill`` each with what the history returns."""
-        gaps = []
-        for pub in publishers:
-            last = self.last_seq.get(pub["publisher"])
-            if last is not None and pub["last_seq"] > last:
-                gaps.append(Gap(pub["publisher"], last + 1, pub["last_seq"]))
-                self.last_seq[pub["publisher"]] = pub["last_seq"]
-        return gaps
-
-    def fill(self, gap: Gap, fetched: list[list[bytes]] | None) -> int:
-        """Queue the messages of ``gap`` that the history returned, in order, and report the rest as lost.
-
-        Messages outside this subscription's topics are not queued (and not lost: they were not
-        asked for).  The message that revealed the gap, if any, is queued after them.
-        """
-        found: dict[int, Message] = {}
-        for frames in fetched or []:
-            try:
-                msg = protocol.decode(frames)
-            except ProtocolError:
-                continue
-            if msg.publisher == gap.publisher and gap.first <= msg.seq <= gap.last:
-                found[msg.seq] = msg
-        first = gap.first
-        for seq in sorted(found) + [gap.last + 1]:
-            if seq > first:
-                self.lost(Gap(gap.publisher, first, seq - 1))
-            first = seq + 1
-        wanted = [found[seq] for seq in sorted(found) if found[seq].topic.startswith(self.prefixes)]
-        self.counts.recovered += len(wanted)
-        self.counts.received += len(wanted)
-        self.ready.extend(wanted)
-        if self._revealed_by is not None:
-            self.ready.append(self._revealed_by)
-            self._revealed_by = None
-        return len(wanted)
-
-    def queue_replay(self, info: dict, messages: list[list[bytes]]) -> int:
-        """Queue a history ``replay`` answer before live messages; report what it no longer holds."""
-        queued = 0
-        for frames in messages:
-            msg = self.accept(frames, detect_gaps=False)
-            if msg is not None:
-                self.ready.append(msg)
-                queued += 1
-        for publisher, first, last in info.get("missing", []):
-            self.lost(Gap(publisher, first, last))
-        return queued
-
-    def positions(self) -> dict[str, int]:
-        """``last_seq`` less what is still queued in ``ready`` (seen, not yet handed out)."""
-        positions = dict(self.last_seq)
-        for msg in reversed(self.ready):  # oldest last: it decides
-            positions[msg.publisher] = msg.seq - 1
-        return positions
-
-    def lost(self, gap: Gap) -> None:
-        """Record and report messages that are gone for good."""
-        self.gaps.append(gap)
-        self.counts.missed += gap.count
-        self.on_gap(gap)
-
-
-def _warn_gap(gap: Gap) -> None:
-    log.warning("missed %d message(s) of publisher %s: seq %d..%d", gap.count, gap.publisher, gap.first, gap.last)
-
-
-def _warn_invalid_once(tracker: Tracker) -> Callable[[list[bytes], ProtocolError], None]:
-    def warn(frames: list[bytes], exc: ProtocolError) -> None:
-        if tracker.counts.invalid == 1:
-            log.warning("skipping messages that are not zmq-emitter messages (first: %s); they are counted", exc)
-    return warn
-
-
-def _socket(context: zmq.Context, endpoints: list[str], topics: tuple[bytes, ...],
-            rcvhwm: int, curve: security.ClientCurve | None = None) -> zmq.Socket:
+def _socket(context: zmq.Context, topics: tuple[bytes, ...], rcvhwm: int,
+            curve: security.ClientCurve | None = None) -> tuple[zmq.Socket, zmq.Socket]:
+    """A SUB socket, not connected yet, and its monitor (started first: no event is missed)."""
     sock = context.socket(zmq.SUB)
     if curve is not None:  # before connect: CURVE options apply to the connects that follow
         curve.apply(sock)
@@ -225,43 +79,41 @@ def _socket(context: zmq.Context, endpoints: list[str], topics: tuple[bytes, ...
     sock.setsockopt(zmq.RCVHWM, rcvhwm)
     for topic in topics:
         sock.setsockopt(zmq.SUBSCRIBE, topic)
-    for endpoint in endpoints:
-        sock.connect(endpoint)
-    return sock
+    monitor = sock.get_monitor_socket(MONITOR_EVENTS)
+    monitor.setsockopt(zmq.LINGER, 0)
+    return sock, monitor
 
 
-def _covers_everything(prefixes: tuple[bytes, ...]) -> bool:
-    subscribed = set(prefixes)
-    return b"" in subscribed or {b"status", b"event"} <= subscribed or {b"status/", b"event/"} <= subscribed
-
-
-def _fetch_requests(gap: Gap) -> Iterator[dict]:
-    """The ``fetch`` requests that cover ``gap`` (one request covers at most ``protocol.MAX_FETCH``)."""
-    for first in range(gap.first, gap.last + 1, protocol.MAX_FETCH):
-        yield {"pub": gap.publisher, "first": first, "last": min(gap.last, first + protocol.MAX_FETCH - 1)}
+def _single(request: Request) -> Plan:
+    """The plan of one request: its reply's frames, or None."""
+    return (yield request)
 
 
 class _SubscriberBase:
-    """What both subscriber flavours share: options, the SUB socket, the Tracker and its counts.
+    """What both subscriber flavours share: options, sockets, the sans-I/O core (``core.py``).
 
-    The I/O each flavour adds: ``recv``; ``request`` to the broker's history service (REQ/REP);
-    ``replay`` (a run's history before live messages); ``catch_up`` (everything the history
-    received from known publishers since the last message seen); ``reconnect``.
+    The I/O each flavour adds: waiting for frames (``recv``), and driving the core's plans over
+    a DEALER socket to the broker's history service (``_talk``).  Everything they decide is in
+    ``Tracker`` (messages, gaps, the history dialogues), ``Dialogue`` (requests and replies)
+    and ``Link`` (the connections' health).
     """
 
     def __init__(self, context: zmq.Context, own_context: bool, endpoints: str | Iterable[str],
-                 topics: Iterable[bytes | str], on_gap, on_invalid, rcvhwm: int, curve_server_key,
+                 topics: Iterable[bytes | str], on_gap, on_invalid, on_error, rcvhwm: int, curve_server_key,
                  curve_secret_key_file, history: str | None, history_timeout: float):
         self._curve = security.ClientCurve.load(curve_server_key, curve_secret_key_file)  # docs/security.md
         self._own_context = own_context
         self.context = context
         self.endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
-        self.tracker = Tracker(topics, recovers=history is not None, on_gap=on_gap, on_invalid=on_invalid)
+        self.on_error = on_error or _warn
+        self.tracker = Tracker(topics, recovers=history is not None, on_gap=on_gap, on_invalid=on_invalid,
+                               on_error=self.on_error, history_name=f"the history service at {history}")
         self._rcvhwm = rcvhwm
-        self.socket = _socket(context, self.endpoints, self.tracker.prefixes, rcvhwm, self._curve)
         self.history = history
         self.history_timeout = history_timeout
-        self._requester: zmq.Socket | None = None
+        self._dealer: zmq.Socket | None = None
+        self._dialogue: Dialogue | None = None  # a plan recv() has under way: it goes on at the next call
+        self._connect()
 
     @property
     def counts(self) -> Counts:
@@ -279,33 +131,66 @@ class _SubscriberBase:
 
     def disconnect(self) -> None:
         """Drop the connections (closes the SUB socket); the positions stay, for ``reconnect``."""
+        self.socket.disable_monitor()
+        self._monitor.close(linger=0)
         self.socket.close(linger=0)
 
-    def _new_socket(self) -> None:
-        """A fresh SUB socket on the same endpoints and topics (the old connections are dropped)."""
-        self.disconnect()
-        self.socket = _socket(self.context, self.endpoints, self.tracker.prefixes, self._rcvhwm, self._curve)
+    def _connect(self) -> None:
+        """A fresh SUB socket on the endpoints and topics, watched by its monitor."""
+        self.socket, self._monitor = _socket(self.context, self.tracker.prefixes, self._rcvhwm, self._curve)
+        self.link = Link(self.endpoints, self.on_error)
+        for endpoint in self.endpoints:
+            self.socket.connect(endpoint)
 
-    def _requester_socket(self) -> zmq.Socket:
+    def _connect_again(self, endpoint: str) -> None:
+        """libzmq never tries again an endpoint that refused the handshake: connect it anew."""
+        try:
+            self.socket.disconnect(endpoint)
+        except zmq.ZMQError:
+            pass
+        self.socket.connect(endpoint)
+
+    def _link_events(self, frames: list[bytes]) -> None:
+        event = parse_monitor_message(frames)
+        endpoint = event["endpoint"]
+        self.link.event(event["event"], endpoint.decode(errors="replace") if isinstance(endpoint, bytes)
+                        else str(endpoint), event["value"])
+
+    def _wake_at(self, deadline: float | None) -> int | None:
+        """Milliseconds until the deadline, or until the core has something due (None: no limit)."""
+        times = [t for t in (deadline, self.tracker.next_due(), self.link.next_due()) if t is not None]
+        return None if not times else max(0, math.ceil((min(times) - time.monotonic()) * 1000))
+
+    def _after_wait(self) -> None:
+        for endpoint in self.link.due():
+            self._connect_again(endpoint)
+
+    def _dealer_socket(self) -> zmq.Socket:
+        if self._dealer is None:
+            self._dealer = self.context.socket(zmq.DEALER)
+            self._dealer.setsockopt(zmq.LINGER, 0)
+            if self._curve is not None:
+                self._curve.apply(self._dealer)
+            self._dealer.connect(self.history)
+        return self._dealer
+
+    def _drop_dealer(self) -> None:
+        """After a request given up: a new socket, so that requests queued meanwhile are not sent late."""
+        if self._dealer is not None:
+            self._dealer.close(linger=0)
+            self._dealer = None
+
+    def _require_history(self) -> None:
         if self.history is None:
             raise ValueError("this subscriber has no history endpoint (history=...)")
-        if self._requester is None:
-            self._requester = self.context.socket(zmq.REQ)
-            self._requester.setsockopt(zmq.LINGER, 0)
-            if self._curve is not None:
-                self._curve.apply(self._requester)
-            self._requester.connect(self.history)
-        return self._requester
 
-    def _drop_requester(self) -> None:
-        """A REQ that got no reply cannot send again: the next request opens a new one."""
-        if self._requester is not None:
-            self._requester.close(linger=0)
-            self._requester = None
+    def _dialogue_of(self, plan: Plan) -> Dialogue:
+        return Dialogue(plan, self.history_timeout)
 
     def close(self) -> None:
-        self._drop_requester()
-        self.socket.close(linger=0)
+        self._drop_dealer()
+        if not self.socket.closed:
+            self.disconnect()
         if self._own_context:
             self.context.term()
 
@@ -316,48 +201,55 @@ class Subscriber(_SubscriberBase):
     ``topics`` are prefixes (see ``subscriptions()``); ``""`` is everything.
     ``recv(timeout)`` returns None on timeout; iterating blocks until ``close()``.
     With ``history`` (the broker's history service), gaps are recovered from it and
-    ``replay``, ``catch_up``, ``resume`` and ``runs`` are available.
+    ``replay``, ``catch_up``, ``resume`` and ``runs`` are available.  ``on_error(text)`` hears of
+    trouble worth telling a person once (default: a log warning): a broker that refuses this
+    subscriber's CURVE key (it is tried again, with a back-off), an endpoint not reached after
+    a moment, a history service that does not answer or refuses a request.
+
+        with Subscriber("tcp://127.0.0.1:5558", history="tcp://127.0.0.1:5559") as sub:
+            sub.replay("my-run")
+            for msg in sub:
+                ...
     """
 
     def __init__(self, endpoints: str | Iterable[str] = DEFAULT_ENDPOINT, topics: Iterable[bytes | str] = ("",), *,
                  on_gap: Callable[[Gap], None] | None = None,
                  on_invalid: Callable[[list[bytes], ProtocolError], None] | None = None,
+                 on_error: Callable[[str], None] | None = None,
                  rcvhwm: int = 100_000, context: zmq.Context | None = None,
                  curve_server_key: str | bytes | None = None, curve_secret_key_file: str | None = None,
                  history: str | None = None, history_timeout: float = 5.0):
-        super().__init__(context or zmq.Context(), context is None, endpoints, topics, on_gap, on_invalid,
+        super().__init__(context or zmq.Context(), context is None, endpoints, topics, on_gap, on_invalid, on_error,
                          rcvhwm, curve_server_key, curve_secret_key_file, history, history_timeout)
+        self._poller = zmq.Poller()
+        self._poller.register(self.socket, zmq.POLLIN)
+        self._poller.register(self._monitor, zmq.POLLIN)
 
     # -- the broker's history (the ZeroMQ guide's Clone pattern: subscribe first, then snapshot) --
 
     def request(self, op: str, **fields) -> tuple[dict, list[list[bytes]]] | None:
-        """One request to the broker's history service; None if it did not answer in time."""
-        requester = self._requester_socket()
-        requester.send(protocol.request(op, **fields))
-        if not requester.poll(int(self.history_timeout * 1000)):
-            self._drop_requester()
-            return None
-        return protocol.parse_reply(requester.recv_multipart())
+        """One request to the broker's history service; None if it did not answer in time.
+        Raises ``ProtocolError`` if it refused the request."""
+        self._require_history()
+        frames = self._run(_single(Request(op, fields)))
+        return None if frames is None else protocol.parse_reply(frames)
 
     def runs(self) -> list[dict]:
         """The runs the broker's history knows, each with its last status."""
         answer = self.request("runs")
         return answer[0]["runs"] if answer else []
 
-    def replay(self, ident: str | None = None) -> int:
+    def replay(self, ident: str | None = None) -> int | None:
         """Queue the history of run ``ident`` (or of every run the broker knows) before live messages.
 
-        Call it after constructing the Subscriber (the subscription is made first, so nothing
-        falls between history and live messages; a live message already replayed is dropped).
-        Returns how many messages were queued; what the history no longer holds is reported as lost.
+        Every message once, in order per publisher (the runs of one process are merged);
+        live messages join without a gap or repeat, whenever the subscription reaches the
+        broker (docs/reliability.md, "Subscribers").  Returns how many messages were queued
+        (0: the history has nothing of it, yet), None if the history did not answer; what the
+        history no longer holds is reported as lost.
         """
-        idents = [ident] if ident is not None else [run["ident"] for run in self.runs()]
-        queued = 0
-        for one in idents:
-            answer = self.request("replay", ident=one, from_seq=1)
-            if answer is not None:
-                queued += self.tracker.queue_replay(*answer)
-        return queued
+        self._require_history()
+        return self._run(self.tracker.replay(ident))
 
     def catch_up(self) -> int | None:
         """Queue everything the history received from known publishers after the last message seen.
@@ -366,10 +258,8 @@ class Subscriber(_SubscriberBase):
         end of a stream (a gap is otherwise seen only when a later message arrives).  Returns
         the number of messages queued, None if the history did not answer.
         """
-        answer = self.request("runs")
-        if answer is None:
-            return None
-        return sum(self.tracker.fill(gap, self._fetch(gap)) for gap in self.tracker.behind(answer[0]["publishers"]))
+        self._require_history()
+        return self._run(self.tracker.catch_up())
 
     def resume(self, positions: dict[str, int]) -> int | None:
         """Go on from ``positions`` (a ``positions`` saved earlier, e.g. by a process that restarted)."""
@@ -379,33 +269,77 @@ class Subscriber(_SubscriberBase):
     def reconnect(self) -> int | None:
         """Connect again (after ``disconnect``, or to drop the connections and make new ones),
         then ``catch_up`` on what passed meanwhile."""
-        self._new_socket()
-        return self.catch_up() if self.history is not None else 0
+        if not self.socket.closed:
+            self.disconnect()
+        self._connect()
+        self._poller = zmq.Poller()
+        self._poller.register(self.socket, zmq.POLLIN)
+        self._poller.register(self._monitor, zmq.POLLIN)
+        return self._run(self.tracker.reconnected()) if self.history is not None else 0
 
-    def _fetch(self, gap: Gap) -> list[list[bytes]]:
-        fetched: list[list[bytes]] = []
-        for fields in _fetch_requests(gap):
-            answer = self.request("fetch", **fields)
-            if answer is None:
-                break  # what was not fetched is reported as lost by Tracker.fill
-            fetched.extend(answer[1])
-        return fetched
+    def _run(self, plan: Plan) -> Any:
+        """Run a plan to its end; one that ``recv`` had under way is finished first."""
+        if self._dialogue is not None:
+            self._talk(self._dialogue, None)
+            self._dialogue = None
+        dialogue = self._dialogue_of(plan)
+        self._talk(dialogue, None)
+        return dialogue.result
+
+    def _talk(self, dialogue: Dialogue, deadline: float | None) -> bool:
+        """Advance ``dialogue`` until it is done (True) or ``deadline`` passes (False: it waits as it is)."""
+        while not dialogue.done:
+            dealer = self._dealer_socket()
+            frames = dialogue.outgoing()
+            if frames is not None:
+                dealer.send_multipart(frames)
+            if dealer.poll(dialogue.wait_ms(deadline)):
+                dialogue.incoming(dealer.recv_multipart())
+            elif dialogue.expire():
+                self._drop_dealer()
+            elif deadline is not None and time.monotonic() >= deadline:
+                return False
+        return True
 
     # -- live messages --
 
     def recv(self, timeout: float | None = None) -> Message | None:
-        """The next valid message, or None if none came within ``timeout`` seconds."""
-        poll_ms = None if timeout is None else max(0, int(timeout * 1000))
+        """The next valid message, or None if none came within ``timeout`` seconds (the whole call)."""
+        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+        tracker = self.tracker
         while True:
-            if self.tracker.ready:
-                return self.tracker.ready.popleft()
-            if poll_ms is not None and not self.socket.poll(poll_ms):
-                return None
-            msg = self.tracker.accept(self.socket.recv_multipart())
-            if isinstance(msg, Gap):
-                self.tracker.fill(msg, self._fetch(msg))
-            elif msg is not None:
-                return msg
+            if self._dialogue is not None:
+                if not self._talk(self._dialogue, deadline):
+                    return None
+                self._dialogue = None
+            if tracker.ready:
+                return tracker.ready.popleft()
+            plan = tracker.due()
+            if plan is None:
+                try:
+                    frames = self.socket.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    if not self._wait(deadline):
+                        return None
+                    continue
+                step = tracker.receive(frames)
+                if step is None or isinstance(step, Message):
+                    if step is not None:
+                        return step
+                    if deadline is not None and time.monotonic() >= deadline:
+                        return None  # a stream of repeats or garbage does not hold the caller past its timeout
+                    continue
+                plan = step
+            self._dialogue = self._dialogue_of(plan)
+
+    def _wait(self, deadline: float | None) -> bool:
+        """Wait for frames, monitor events or something due; False once the deadline has passed."""
+        events = dict(self._poller.poll(self._wake_at(deadline)))
+        if self._monitor in events:
+            while self._monitor.poll(0):
+                self._link_events(self._monitor.recv_multipart())
+        self._after_wait()
+        return self.socket in events or deadline is None or time.monotonic() < deadline
 
     def __iter__(self) -> Iterator[Message]:
         while True:
@@ -420,77 +354,118 @@ class Subscriber(_SubscriberBase):
 
 class AsyncSubscriber(_SubscriberBase):
     """The asyncio twin of ``Subscriber``: ``await sub.recv()``, ``async for msg in sub``,
-    and the same history operations, awaited."""
+    and the same history operations, awaited.  A call cancelled half-way (``asyncio.wait_for``)
+    leaves the subscriber usable: a late reply to a request given up is recognised and dropped.
+
+        async with AsyncSubscriber("tcp://127.0.0.1:5558", history="tcp://127.0.0.1:5559") as sub:
+            await sub.replay("my-run")
+            async for msg in sub:
+                ...
+    """
 
     def __init__(self, endpoints: str | Iterable[str] = DEFAULT_ENDPOINT, topics: Iterable[bytes | str] = ("",), *,
                  on_gap: Callable[[Gap], None] | None = None,
                  on_invalid: Callable[[list[bytes], ProtocolError], None] | None = None,
+                 on_error: Callable[[str], None] | None = None,
                  rcvhwm: int = 100_000, context: zmq.asyncio.Context | None = None,
                  curve_server_key: str | bytes | None = None, curve_secret_key_file: str | None = None,
                  history: str | None = None, history_timeout: float = 5.0):
         super().__init__(context or zmq.asyncio.Context(), context is None, endpoints, topics, on_gap, on_invalid,
-                         rcvhwm, curve_server_key, curve_secret_key_file, history, history_timeout)
+                         on_error, rcvhwm, curve_server_key, curve_secret_key_file, history, history_timeout)
+        self._make_poller()
+
+    def _make_poller(self) -> None:
+        self._poller = zmq.asyncio.Poller()
+        self._poller.register(self.socket, zmq.POLLIN)
+        self._poller.register(self._monitor, zmq.POLLIN)
 
     async def request(self, op: str, **fields) -> tuple[dict, list[list[bytes]]] | None:
-        """One request to the broker's history service; None if it did not answer in time."""
-        requester = self._requester_socket()
-        await requester.send(protocol.request(op, **fields))
-        if not await requester.poll(int(self.history_timeout * 1000)):
-            self._drop_requester()
-            return None
-        return protocol.parse_reply(await requester.recv_multipart())
+        """One request to the broker's history service; None if it did not answer in time.
+        Raises ``ProtocolError`` if it refused the request."""
+        self._require_history()
+        frames = await self._run(_single(Request(op, fields)))
+        return None if frames is None else protocol.parse_reply(frames)
 
     async def runs(self) -> list[dict]:
         answer = await self.request("runs")
         return answer[0]["runs"] if answer else []
 
-    async def replay(self, ident: str | None = None) -> int:
-        idents = [ident] if ident is not None else [run["ident"] for run in await self.runs()]
-        queued = 0
-        for one in idents:
-            answer = await self.request("replay", ident=one, from_seq=1)
-            if answer is not None:
-                queued += self.tracker.queue_replay(*answer)
-        return queued
+    async def replay(self, ident: str | None = None) -> int | None:
+        self._require_history()
+        return await self._run(self.tracker.replay(ident))
 
     async def catch_up(self) -> int | None:
-        answer = await self.request("runs")
-        if answer is None:
-            return None
-        queued = 0
-        for gap in self.tracker.behind(answer[0]["publishers"]):
-            queued += self.tracker.fill(gap, await self._fetch(gap))
-        return queued
+        self._require_history()
+        return await self._run(self.tracker.catch_up())
 
     async def resume(self, positions: dict[str, int]) -> int | None:
         self.tracker.last_seq.update(positions)
         return await self.catch_up()
 
     async def reconnect(self) -> int | None:
-        self._new_socket()
-        return await self.catch_up() if self.history is not None else 0
+        if not self.socket.closed:
+            self.disconnect()
+        self._connect()
+        self._make_poller()
+        return await self._run(self.tracker.reconnected()) if self.history is not None else 0
 
-    async def _fetch(self, gap: Gap) -> list[list[bytes]]:
-        fetched: list[list[bytes]] = []
-        for fields in _fetch_requests(gap):
-            answer = await self.request("fetch", **fields)
-            if answer is None:
-                break
-            fetched.extend(answer[1])
-        return fetched
+    async def _run(self, plan: Plan) -> Any:
+        if self._dialogue is not None:
+            await self._talk(self._dialogue, None)
+            self._dialogue = None
+        dialogue = self._dialogue_of(plan)
+        await self._talk(dialogue, None)
+        return dialogue.result
+
+    async def _talk(self, dialogue: Dialogue, deadline: float | None) -> bool:
+        while not dialogue.done:
+            dealer = self._dealer_socket()
+            frames = dialogue.outgoing()
+            if frames is not None:
+                await dealer.send_multipart(frames)
+            if await dealer.poll(dialogue.wait_ms(deadline)):
+                dialogue.incoming(await dealer.recv_multipart())
+            elif dialogue.expire():
+                self._drop_dealer()
+            elif deadline is not None and time.monotonic() >= deadline:
+                return False
+        return True
 
     async def recv(self, timeout: float | None = None) -> Message | None:
-        poll_ms = None if timeout is None else max(0, int(timeout * 1000))
+        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+        tracker = self.tracker
         while True:
-            if self.tracker.ready:
-                return self.tracker.ready.popleft()
-            if poll_ms is not None and not await self.socket.poll(poll_ms):
-                return None
-            msg = self.tracker.accept(await self.socket.recv_multipart())
-            if isinstance(msg, Gap):
-                self.tracker.fill(msg, await self._fetch(msg))
-            elif msg is not None:
-                return msg
+            if self._dialogue is not None:
+                if not await self._talk(self._dialogue, deadline):
+                    return None
+                self._dialogue = None
+            if tracker.ready:
+                return tracker.ready.popleft()
+            plan = tracker.due()
+            if plan is None:
+                try:
+                    frames = await self.socket.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    if not await self._wait(deadline):
+                        return None
+                    continue
+                step = tracker.receive(frames)
+                if step is None or isinstance(step, Message):
+                    if step is not None:
+                        return step
+                    if deadline is not None and time.monotonic() >= deadline:
+                        return None
+                    continue
+                plan = step
+            self._dialogue = self._dialogue_of(plan)
+
+    async def _wait(self, deadline: float | None) -> bool:
+        events = dict(await self._poller.poll(self._wake_at(deadline)))
+        if self._monitor in events:
+            while await self._monitor.poll(0):
+                self._link_events(await self._monitor.recv_multipart())
+        self._after_wait()
+        return self.socket in events or deadline is None or time.monotonic() < deadline
 
     async def __aiter__(self) -> AsyncIterator[Message]:
         while True:

@@ -4,15 +4,21 @@
     zmq-emitter tail --ident RUN --until-done         # one run; exit status tells how it ended
     zmq-emitter tail --format json | jq .event        # one JSON object per line
     zmq-emitter tail --format stdout                  # the playbook's own output, live
+    zmq-emitter tail --replay --ident RUN             # the run from the broker's history, then live
 
-Built on ``zmq_emitter.consumers.subscriber``; this module only filters and formats.
+Built on ``zmq_emitter.consumers.subscriber``; this module only filters and formats.  The
+pretty format shows what publishers sent as text, never as terminal input: control characters
+(newlines, escape sequences) are written as escapes, and columns are counted in terminal cells,
+so CJK text and emoji keep them aligned.
 """
 from __future__ import annotations
 
 import dataclasses
 import datetime
+import re
 import sys
 import time
+import unicodedata
 from typing import Callable, Iterable, TextIO
 
 import typer
@@ -27,6 +33,8 @@ FORMATS = ("pretty", "json", "stdout")
 # --until-done: how each final status of a run maps to tail's exit status (2 is the
 # command line's own "usage error").
 FINAL_STATUS_EXIT = {"successful": 0, "failed": 1, "timeout": 3, "canceled": 4, "error": 5}
+# --timeout ran out before --until-done's final status or --count's messages (as GNU timeout(1)).
+TIMEOUT_EXIT = 124
 
 _EVENT_COLOURS = {
     "runner_on_failed": "red", "runner_item_on_failed": "red", "runner_on_unreachable": "magenta",
@@ -71,15 +79,53 @@ def _when(msg: Message) -> str:
     created = msg.payload.get("created") if isinstance(msg.payload, dict) else None
     try:
         moment = datetime.datetime.fromisoformat(str(created)).astimezone()
-    except ValueError:
+    except (ValueError, OverflowError, OSError):  # not a time, or one the local calendar cannot show
         moment = datetime.datetime.now()
     return moment.strftime("%H:%M:%S.%f")[:-3]
+
+
+# Characters that would act on the terminal rather than show: C0/C1 controls (newline, escape, ...),
+# line and paragraph separators, bidirectional overrides and isolates.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def printable(text: str) -> str:
+    """``text`` with every character that would act on a terminal written as an escape.
+
+    >>> printable("ok\\x1b[2J\\r\\nnext")
+    'ok\\\\x1b[2J\\\\r\\\\nnext'
+    """
+    if not _UNPRINTABLE.search(text):
+        return text
+    return _UNPRINTABLE.sub(lambda m: _NAMED.get(m.group(), f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
+                                                  else f"\\u{ord(m.group()):04x}"), text)
+
+
+def cells(text: str) -> int:
+    """The terminal cells ``text`` takes: wide (CJK, most emoji) 2, combining and format characters 0."""
+    if text.isascii():
+        return len(text)
+    return sum(0 if unicodedata.combining(c) or unicodedata.category(c) in ("Mn", "Me", "Cf")
+               else 2 if unicodedata.east_asian_width(c) in ("W", "F") else 1 for c in text)
+
+
+def fit(text: str, width: int, cut: bool = False) -> str:
+    """``text`` padded with spaces to ``width`` cells (and, with ``cut``, cut to at most that)."""
+    if cut and cells(text) > width:
+        kept, used = [], 0
+        for c in text:
+            used += cells(c)
+            if used > width:
+                break
+            kept.append(c)
+        text = "".join(kept)
+    return text + " " * max(0, width - cells(text))
 
 
 def format_pretty(msg: Message, colour: bool) -> str:
     """``time  ident  host  event-or-status  task`` (one line; failures stand out)."""
     payload = msg.payload if isinstance(msg.payload, dict) else {}
-    ident = msg.ident[:8]
     if msg.kind == "status":
         name = f"status: {msg.name}"
         style = {"fg": _STATUS_COLOURS.get(msg.name), "bold": True}
@@ -94,13 +140,14 @@ def format_pretty(msg: Message, colour: bool) -> str:
             result = event_data.get("res") if isinstance(event_data.get("res"), dict) else {}
             if result.get("msg"):
                 task = f"{task}: {result['msg']}"
-    text = f"{_when(msg)}  {ident:<8}  {host:<16.16}  {name:<28}  {task}".rstrip()
+    text = "  ".join((_when(msg), fit(printable(msg.ident), 8, cut=True), fit(printable(host), 16, cut=True),
+                      fit(printable(name), 28), printable(task))).rstrip()
     return typer.style(text, **style) if colour else text
 
 
 def format_json(msg: Message) -> str:
     """The payload as published, as one line of JSON (msgpack payloads converted)."""
-    if msg.codec == "json" and b"\n" not in msg.raw_payload:
+    if msg.codec == "json" and b"\n" not in msg.raw_payload and b"\r" not in msg.raw_payload:
         return msg.raw_payload.decode("utf-8", "backslashreplace")
     return protocol.encode_json(msg.payload).decode()
 
@@ -119,9 +166,17 @@ def run(endpoints: Iterable[str], filters: Filters, *, fmt: str = "pretty", coun
         until_done: bool = False, colour: bool | None = None, out: TextIO = sys.stdout,
         err: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
         curve_server_key: str | None = None, curve_secret_key_file: str | None = None,
-        history: str | None = None, replay: bool = False) -> int:
-    """Print messages until ``count`` or, with ``until_done``, the run's final status; return the exit status."""
+        history: str | None = None, replay: bool = False, timeout: float | None = None) -> int:
+    """Print messages until ``count`` or, with ``until_done``, the run's final status; return the exit status.
+
+    ``timeout``: give up after that many seconds (``TIMEOUT_EXIT`` if ``count`` or ``until_done``
+    was waiting for something, else 0).  Without ``filters.ident``, ``until_done`` follows the
+    first run it sees a message of.
+    """
+    if replay and until_done and filters.ident is None:
+        raise ValueError("--replay --until-done needs --ident: which run's final status to wait for")
     colour = out.isatty() if colour is None else colour
+    deadline = None if timeout is None else time.monotonic() + timeout
     shown = 0
     watched = filters.ident
 
@@ -136,15 +191,26 @@ def run(endpoints: Iterable[str], filters: Filters, *, fmt: str = "pretty", coun
     if until_done and "status" not in filters.kinds:  # the final status is needed even if not shown
         topics += subscriptions(["status"], filters.ident)
     sub = Subscriber(list(endpoints), topics, on_gap=on_gap, on_invalid=on_invalid,
+                     on_error=lambda text: err(f"zmq-emitter tail: {text}"),
                      curve_server_key=curve_server_key, curve_secret_key_file=curve_secret_key_file,
                      history=history)
     try:
-        if replay:
-            time.sleep(0.2)  # the live subscription travels to the broker before the snapshot is asked for
-            if sub.replay(filters.ident) == 0 and sub.request("runs") is None:
-                err(f"zmq-emitter tail: the history service at {history} did not answer; going on live only")
-        for msg in sub:
-            if until_done and watched is None and (filters.match(msg) or msg.kind == "status"):
+        if replay:  # no wait for the subscription: the library joins history and live messages whenever it is in place
+            queued = sub.replay(filters.ident)
+            if queued is None:
+                err("zmq-emitter tail: nothing replayed; going on live only")
+            elif queued == 0:
+                err(f"zmq-emitter tail: the history at {history} has no message of run {printable(filters.ident)!r} "
+                    "(yet); waiting for it live" if filters.ident is not None
+                    else f"zmq-emitter tail: the history at {history} holds no run yet; going on live")
+        while True:
+            msg = sub.recv(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            if msg is None:
+                if deadline is not None and time.monotonic() >= deadline:
+                    return TIMEOUT_EXIT if until_done or count is not None else 0
+                continue
+            if until_done and watched is None and msg.kind in ("status", "event") and (
+                    filters.match(msg) or msg.kind == "status"):  # a run's message, not a publisher's report
                 watched = msg.ident
             if filters.match(msg):
                 if fmt == "json":
@@ -165,4 +231,3 @@ def run(endpoints: Iterable[str], filters: Filters, *, fmt: str = "pretty", coun
         if sub.counts.invalid > 1:
             err(f"zmq-emitter tail: skipped {sub.counts.invalid} messages that did not decode")
         sub.close()
-    return 0

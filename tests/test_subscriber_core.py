@@ -1,0 +1,188 @@
+"""The subscriber library's sans-I/O core (``zmq_emitter/consumers/core.py``), against the broker's real
+``History`` answering in-process: the history dialogues, the seam, what is reported lost, the
+connection watcher.  No sockets: every moment of a race can be set up exactly."""
+from __future__ import annotations
+
+import zmq
+
+from consumer_helpers import message
+
+from zmq_emitter import protocol
+from zmq_emitter.broker.history import History
+from zmq_emitter.consumers.core import SEAM_POLL_FIRST, SEAM_POLL_MAX, Dialogue, Gap, Request, Tracker
+from zmq_emitter.consumers.link import Link
+
+P = "9999999999999999"
+
+
+class Clock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def record(history: History, *messages: list[bytes]) -> None:
+    for frames in messages:
+        history.add(protocol.envelope(frames), frames)
+
+
+def run_message(seq: int, ident: str, final: bool = False) -> list[bytes]:
+    if final:
+        return message(P, seq, "status", ident, "successful", {"status": "successful", "runner_ident": ident})
+    return message(P, seq, "event", ident, "runner_on_ok")
+
+
+def drive(plan, history: History, asked: list | None = None):
+    """Run ``plan`` against ``history`` (its real answers); the plan's result."""
+    try:
+        request = next(plan)
+        while True:
+            if asked is not None:
+                asked.append(request)
+            request = plan.send(history.answer(request.frame()))
+    except StopIteration as done:
+        return done.value
+
+
+def handed_out(tracker: Tracker) -> list[tuple[str, int]]:
+    out = [(m.ident, m.seq) for m in tracker.ready]
+    tracker.ready.clear()
+    return out
+
+
+def test_a_replay_of_every_run_merges_the_interleaved_runs_of_one_publisher_in_seq_order():
+    history = History()
+    record(history, *(run_message(seq, "a" if seq % 2 else "b", final=seq > 4) for seq in range(1, 7)))
+    tracker = Tracker(recovers=True)
+    assert drive(tracker.replay(None), history) == 6
+    assert handed_out(tracker) == [("a", 1), ("b", 2), ("a", 3), ("b", 4), ("a", 5), ("b", 6)]
+    assert tracker.gaps == []
+
+
+def test_a_replay_reports_what_the_history_forgot_once_and_nothing_it_still_holds():
+    size = sum(len(f) for f in run_message(10, "a"))
+    history = History(max_bytes=6 * size)  # keeps seqs 5..10 of 10 (the runs interleave: a odd, b even)
+    record(history, *(run_message(seq, "a" if seq % 2 else "b") for seq in range(1, 11)))
+    lost = []
+    tracker = Tracker(recovers=True, on_gap=lost.append, clock=Clock())
+    drive(tracker.replay(None), history)  # run a misses 1..4, run b 2..5; but 5 is run a's, and here
+    assert [seq for _, seq in handed_out(tracker)] == [5, 6, 7, 8, 9, 10]
+    assert lost == tracker.gaps == [Gap(P, 1, 4)]
+    tracker.clock.now += SEAM_POLL_FIRST
+    drive(tracker.due(), history)  # asked again (the seam): nothing new, nothing reported twice
+    assert lost == [Gap(P, 1, 4)]
+
+
+def test_the_first_live_message_after_a_replay_has_the_history_asked_again_before_it_is_handed_out():
+    history = History()
+    record(history, *(run_message(seq, "x") for seq in (1, 2, 3)))
+    tracker = Tracker(["event/x/", "status/x/"], recovers=True)  # one run: no gap shows in seq
+    assert drive(tracker.replay("x"), history) == 3
+    record(history, *(run_message(seq, "x") for seq in (4, 5, 6)))  # before the subscription was in place
+    record(history, run_message(7, "x"))
+    asked = []
+    plan = tracker.receive(run_message(7, "x"))  # the first live message
+    drive(plan, history, asked)
+    assert [r.op for r in asked] == ["runs", "replay"] and asked[1].fields == {"ident": "x", "from_seq": 4}
+    assert [seq for _, seq in handed_out(tracker)] == [1, 2, 3, 4, 5, 6, 7]  # the live 7 came in the answer too
+    assert tracker.counts.duplicates == 1
+    assert tracker.receive(run_message(6, "x")) is None and tracker.counts.duplicates == 2
+    assert tracker.receive(run_message(8, "x")).seq == 8  # the seam is closed: live messages go straight through
+    assert tracker.next_due() is None
+
+
+def test_until_a_live_message_comes_the_history_is_asked_again_with_a_back_off_until_the_run_has_ended():
+    history, clock = History(), Clock()
+    record(history, *(run_message(seq, "x") for seq in (1, 2, 3)))
+    tracker = Tracker(["event/x/", "status/x/"], recovers=True, clock=clock)
+    drive(tracker.replay("x"), history)
+    asked_at = []
+    for _ in range(7):
+        clock.now = tracker.next_due()
+        asked_at.append(clock.now)
+        drive(tracker.due(), history)
+    waits = [later - earlier for earlier, later in zip(asked_at, asked_at[1:])]
+    assert waits == [1.0, 2.0, 4.0, SEAM_POLL_MAX, SEAM_POLL_MAX, SEAM_POLL_MAX]
+    record(history, run_message(4, "x"), run_message(5, "x", final=True))  # the run ends; nothing comes live
+    clock.now = tracker.next_due()
+    drive(tracker.due(), history)
+    assert [seq for _, seq in handed_out(tracker)] == [1, 2, 3, 4, 5]
+    assert tracker.next_due() is None  # its final status is in: nothing more of it can come
+
+
+def test_a_replay_queues_only_what_the_subscription_covers():
+    history = History()
+    record(history, run_message(1, "x"), run_message(2, "x", final=True))
+    tracker = Tracker(["status/x/"], recovers=True)
+    assert drive(tracker.replay("x"), history) == 1
+    assert [m.name for m in tracker.ready] == ["successful"] and tracker.gaps == []
+
+
+def test_a_history_error_reply_counts_as_no_answer_said_once_and_the_revealing_message_is_kept():
+    told, lost = [], []
+    tracker = Tracker(recovers=True, on_error=told.append, on_gap=lost.append)
+    assert tracker.accept(run_message(1, "x")).seq == 1
+    for revealing in (5, 9):
+        gap = tracker.accept(run_message(revealing, "x"))
+        plan = tracker.recover(gap)
+        assert next(plan) == Request("fetch", {"pub": P, "first": gap.first, "last": gap.last})
+        try:
+            plan.send(protocol.error_reply("not today"))
+        except StopIteration:
+            pass
+    assert [seq for _, seq in handed_out(tracker)] == [5, 9]
+    assert lost == [Gap(P, 2, 4), Gap(P, 6, 8)]
+    assert len(told) == 1 and "not today" in told[0]  # said once, until the history answers well again
+
+
+def test_a_dialogue_drops_a_stale_reply_and_gives_up_a_request_after_its_timeout():
+    clock = Clock()
+
+    def plan():
+        first = yield Request("runs")
+        second = yield Request("runs")
+        return first, second
+
+    dialogue = Dialogue(plan(), timeout=5.0, clock=clock)
+    identity, empty, _ = dialogue.outgoing()
+    assert empty == b"" and dialogue.outgoing() is None  # each request is sent once
+    clock.now += 5.0
+    assert dialogue.expire()  # no answer in time: the plan gets None
+    dialogue.incoming([identity, b"", b"late"])  # the answer to the request given up: dropped
+    again, _, _ = dialogue.outgoing()
+    dialogue.incoming([again, b"", b"answer"])
+    assert dialogue.done and dialogue.result == (None, [b"answer"])
+
+
+def test_a_refused_endpoint_is_said_once_and_tried_again_with_a_back_off_until_it_lets_the_subscriber_in():
+    clock, told = Clock(), []
+    link = Link(["tcp://broker:5558"], told.append, clock)
+    retries = []
+    for _ in range(8):
+        link.event(zmq.EVENT_HANDSHAKE_FAILED_AUTH, "tcp://broker:5558", 400)
+        clock.now = link.next_due()
+        assert link.due() == ["tcp://broker:5558"]
+        retries.append(clock.now)
+    waits = [later - earlier for earlier, later in zip(retries, retries[1:])]
+    assert waits == [2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
+    assert len(told) == 1 and "refused this subscriber" in told[0]
+    link.event(zmq.EVENT_HANDSHAKE_SUCCEEDED, "tcp://broker:5558", 0)
+    assert link.next_due() is None
+    link.event(zmq.EVENT_HANDSHAKE_FAILED_AUTH, "tcp://broker:5558", 400)  # refused again later: said again
+    assert len(told) == 2 and link.next_due() == clock.now + 1.0
+
+
+def test_an_endpoint_not_reached_is_said_once_after_a_moment_and_a_lost_one_likewise():
+    clock, told = Clock(), []
+    link = Link(["ipc:///run/b"], told.append, clock)
+    clock.now = link.next_due()
+    assert link.due() == [] and len(told) == 1 and "no connection to ipc:///run/b yet" in told[0]
+    clock.now += 100
+    assert link.due() == [] and len(told) == 1 and link.next_due() is None
+    link.event(zmq.EVENT_HANDSHAKE_SUCCEEDED, "ipc:///run/b", 0)
+    link.event(zmq.EVENT_DISCONNECTED, "ipc:///run/b", 0)
+    clock.now = link.next_due()
+    link.due()
+    assert len(told) == 2 and "lost the connection to ipc:///run/b" in told[1]

@@ -1,0 +1,528 @@
+"""The sans-I/O core of the subscriber library: everything a subscriber decides, no sockets.
+
+``Subscriber`` and ``AsyncSubscriber`` (``subscriber.py``) are thin shells around it: they move
+frames between sockets and this core and wait; every decision is made here, once.
+
+- ``Tracker``: frames in, messages out.  Decoding, repeats (same ``pub`` and ``seq``), gaps in a
+  publisher's ``seq``, the queue of messages ready to hand out, the seam between a history
+  snapshot and live messages.
+- Plans: the dialogues with the broker's history service (``Tracker.replay``, ``catch_up``,
+  ``recover``, ``due``) are generators that yield a ``Request`` and are sent its reply's frames
+  (None: no answer in time).  A shell drives one with ``Dialogue``: it sends what
+  ``Dialogue.outgoing`` gives, hands back what arrives, and says when the time is up.
+- (``link.py`` watches the connections: refused handshakes, unreachable endpoints.)
+
+A plan driven by hand, as the shells (and the tests) do::
+
+    >>> tracker = Tracker(recovers=True)
+    >>> plan = tracker.replay("run-1")
+    >>> next(plan)                                  # what to ask the history first
+    Request(op='runs', fields={})
+    >>> try:
+    ...     plan.send(protocol.reply({"runs": [], "publishers": []}))   # its reply: no runs
+    ... except StopIteration as done:
+    ...     print("queued", done.value)
+    queued 0
+
+The history dialogue follows the ZeroMQ guide's Clone pattern (subscribe, then ask for the
+snapshot, drop what the snapshot already had), with one addition: the subscriber cannot know
+when its subscription reached the broker, so the seam is closed by the history itself.  Until a
+live message has come, the history is asked again now and then; when the first live message
+comes, the history is asked once more before it is handed out: every message forwarded before
+that one is in the history's answer, every message after it arrives live.
+"""
+from __future__ import annotations
+
+import bisect
+import collections
+import dataclasses
+import itertools
+import logging
+import time
+from typing import Any, Callable, Generator, Iterable, Iterator
+
+from .. import protocol
+from ..protocol import Message, ProtocolError
+
+log = logging.getLogger("zmq_emitter.subscriber")
+
+
+@dataclasses.dataclass(frozen=True)
+class Gap:
+    """Messages ``first``..``last`` (inclusive) of ``publisher`` never arrived."""
+
+    publisher: str
+    first: int
+    last: int
+
+    @property
+    def count(self) -> int:
+        return self.last - self.first + 1
+
+
+@dataclasses.dataclass
+class Counts:
+    received: int = 0     # valid messages handed to the caller
+    invalid: int = 0      # messages that did not decode, skipped
+    duplicates: int = 0   # messages seen before (same publisher and seq), skipped
+    missed: int = 0       # messages in gaps, gone for good
+    recovered: int = 0    # messages of gaps fetched from the broker's history
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """One request to the broker's history service (``protocol.request``)."""
+
+    op: str
+    fields: dict = dataclasses.field(default_factory=dict)
+
+    def frame(self) -> bytes:
+        return protocol.request(self.op, **self.fields)
+
+
+# A plan: yields Requests, is sent each reply's frames (None: no answer in time), returns its result.
+Plan = Generator[Request, "list[bytes] | None", Any]
+
+# After a replay, how soon the history is asked again while no live message has come, doubling up to the cap.
+SEAM_POLL_FIRST = 0.5
+SEAM_POLL_MAX = 8.0
+
+
+@dataclasses.dataclass
+class _Seam:
+    """Between a history snapshot and the first live message (see the module docstring)."""
+
+    scope: str | None            # a run's ident; None: every run ("known": the publishers already seen)
+    next_poll: float
+    interval: float = SEAM_POLL_FIRST
+
+
+FINAL_STATUSES = frozenset({"successful", "failed", "timeout", "canceled", "error"})  # a run's last message
+KNOWN = "\x00known"  # _Seam.scope after a reconnect: the publishers this tracker has seen, not runs
+
+
+class Tracker:
+    """Sans-I/O core: frames in, Message (or None for skipped input) out; the history dialogues as plans.
+
+    Gap detection follows each publisher's ``seq``; it is only meaningful when the
+    subscription covers all of a publisher's messages, so it is on only then
+    (``track_gaps``).  The first message of a publisher starts its sequence: joining
+    mid-stream is not a gap.
+
+    With ``recovers`` (a history service to ask), ``receive`` returns a plan instead of a
+    message when something must be fetched first (a gap, the seam after a replay); once the
+    plan has run, the messages are in ``ready``, in order.
+
+    >>> t = Tracker()
+    >>> header = protocol.header_prefix("json", "p")
+    >>> [t.receive([b"status/r/running", header + b"%d}" % seq, b"{}"]).seq for seq in (1, 2)]
+    [1, 2]
+    >>> t.receive([b"status/r/running", header + b"2}", b"{}"]) is None   # a repeat
+    True
+    """
+
+    def __init__(self, topics: Iterable[bytes | str] = (b"",), *, recovers: bool = False,
+                 on_gap: Callable[[Gap], None] | None = None,
+                 on_invalid: Callable[[list[bytes], ProtocolError], None] | None = None,
+                 on_error: Callable[[str], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic, history_name: str = "the history service"):
+        self.prefixes = tuple(t.encode() if isinstance(t, str) else t for t in topics)
+        self.track_gaps = _covers_everything(self.prefixes)
+        self.recovers = recovers
+        self.ready: collections.deque[Message] = collections.deque()  # to hand out before reading the socket
+        self.on_gap = on_gap or _warn_gap
+        self.on_invalid = on_invalid or _warn_invalid_once(self)
+        self.on_error = on_error or _warn
+        self.clock = clock
+        self.history_name = history_name  # in what on_error is told
+        self.counts = Counts()
+        self.gaps: list[Gap] = []
+        self.last_seq: dict[str, int] = {}
+        self._revealed_by: Message | None = None  # the message after the gap being recovered
+        self._seam: _Seam | None = None
+        self._history_trouble: str | None = None  # reported once until the history answers again
+
+    # -- live frames --------------------------------------------------------------------
+
+    def receive(self, frames: list[bytes]) -> Message | Plan | None:
+        """A live message: the Message to hand out, None (skipped), or a plan to run first
+        (after which the messages are in ``ready``)."""
+        if self._seam is not None:  # the first live message: the subscription is in place
+            return self._close_seam(frames)
+        result = self.accept(frames)
+        if isinstance(result, Gap):
+            return self.recover(result)
+        return result
+
+    def accept(self, frames: list[bytes], *, detect_gaps: bool = True) -> Message | Gap | None:
+        """The decoded message; None for input that is skipped (undecodable, or seen before);
+        a ``Gap`` to recover first (only with ``recovers``): ``recover`` it, or pass its
+        messages to ``fill``."""
+        try:
+            msg = protocol.decode(frames)
+        except ProtocolError as exc:
+            self.counts.invalid += 1
+            self.on_invalid(frames, exc)
+            return None
+        last = self.last_seq.get(msg.publisher)
+        if last is not None and msg.seq <= last:  # a publisher's seq only grows: this is a repeat
+            self.counts.duplicates += 1
+            return None
+        self.last_seq[msg.publisher] = msg.seq
+        self.counts.received += 1
+        if detect_gaps and self.track_gaps and last is not None and msg.seq > last + 1:
+            gap = Gap(msg.publisher, last + 1, msg.seq - 1)
+            if self.recovers:
+                self._revealed_by = msg
+                return gap
+            self.lost(gap)
+        return msg
+
+    def fill(self, gap: Gap, fetched: list[list[bytes]] | None) -> int:
+        """Queue the messages of ``gap`` that the history returned, in order, and report the rest as lost.
+
+        Messages outside this subscription's topics are not queued (and not lost: they were not
+        asked for).  The message that revealed the gap, if any, is queued after them.
+        """
+        found: dict[int, Message] = {}
+        for frames in fetched or []:
+            try:
+                msg = protocol.decode(frames)
+            except ProtocolError:
+                continue
+            if msg.publisher == gap.publisher and gap.first <= msg.seq <= gap.last:
+                found[msg.seq] = msg
+        first = gap.first
+        for seq in sorted(found) + [gap.last + 1]:
+            if seq > first:
+                self.lost(Gap(gap.publisher, first, seq - 1))
+            first = seq + 1
+        wanted = [found[seq] for seq in sorted(found) if found[seq].topic.startswith(self.prefixes)]
+        self.counts.recovered += len(wanted)
+        self.counts.received += len(wanted)
+        self.ready.extend(wanted)
+        if self._revealed_by is not None:
+            self.ready.append(self._revealed_by)
+            self._revealed_by = None
+        return len(wanted)
+
+    def positions(self) -> dict[str, int]:
+        """``last_seq`` less what is still queued in ``ready`` (seen, not yet handed out)."""
+        positions = dict(self.last_seq)
+        for msg in reversed(self.ready):  # oldest last: it decides
+            positions[msg.publisher] = msg.seq - 1
+        return positions
+
+    def lost(self, gap: Gap) -> None:
+        """Record and report messages that are gone for good (they count as passed: never reported twice)."""
+        self.gaps.append(gap)
+        self.counts.missed += gap.count
+        self.last_seq[gap.publisher] = max(self.last_seq.get(gap.publisher, 0), gap.last)
+        self.on_gap(gap)
+
+    # -- plans: the dialogues with the history service ------------------------------------
+
+    def recover(self, gap: Gap) -> Plan:
+        """Fetch ``gap`` from the history and queue it (then the message that revealed it);
+        what the history does not return is reported lost.  Returns the number queued."""
+        fetched: list[list[bytes]] = []
+        for first in range(gap.first, gap.last + 1, protocol.MAX_FETCH):
+            reply = yield Request("fetch", {"pub": gap.publisher, "first": first,
+                                            "last": min(gap.last, first + protocol.MAX_FETCH - 1)})
+            answer = self._answer(reply)
+            if answer is None:
+                break  # what was not fetched is reported as lost by fill
+            fetched.extend(answer[1])
+        return self.fill(gap, fetched)
+
+    def replay(self, ident: str | None) -> Plan:
+        """Queue the history of run ``ident`` (None: of every run) before live messages.
+
+        The runs' messages are merged per publisher in ``seq`` order (one process's runs
+        interleave one publisher's sequence), each message once; what the history no longer
+        holds is reported lost.  Returns the number queued (0: the history has nothing of
+        it), or None if the history did not answer.  Live messages then join without a gap
+        or repeat (the seam, see the module docstring).
+        """
+        queued = yield from self._sync(ident)
+        if queued is not None and self.recovers and not self._ended(ident):
+            self._open_seam(ident)
+        return queued
+
+    def catch_up(self) -> Plan:
+        """Queue everything the history received from known publishers after the last message
+        seen of each.  Returns the number queued, None if the history did not answer."""
+        reply = yield Request("runs")
+        answer = self._answer(reply)
+        if answer is None:
+            return None
+        queued = 0
+        for gap in self.behind(_publishers_of(answer[0])):
+            queued += yield from self.recover(gap)
+        return queued
+
+    def reconnected(self) -> Plan:
+        """After new connections: ``catch_up``, and the seam (the new subscription is not in place yet)."""
+        queued = yield from self.catch_up()
+        if queued is not None and (self._seam is None or self._seam.scope == KNOWN):
+            self._open_seam(KNOWN)  # (a replay's seam still open is kept: it covers its runs from their start)
+        return queued
+
+    def behind(self, publishers: Iterable[dict]) -> list[Gap]:
+        """The gaps between what this tracker saw and what a broker's history received
+        (the ``publishers`` of its ``runs`` answer), for publishers this tracker knows.
+        They count as seen from now on: ``fill`` each with what the history returns."""
+        gaps = []
+        for pub in publishers:
+            last = self.last_seq.get(pub["publisher"])
+            if last is not None and pub["last_seq"] > last:
+                gaps.append(Gap(pub["publisher"], last + 1, pub["last_seq"]))
+                self.last_seq[pub["publisher"]] = pub["last_seq"]
+        return gaps
+
+    def due(self) -> Plan | None:
+        """A plan to run now, or None: while no live message has come after a replay, the
+        history is asked again now and then (the run may have ended before the subscription
+        was in place)."""
+        seam = self._seam
+        if seam is None or self.clock() < seam.next_poll:
+            return None
+        seam.interval = min(seam.interval * 2, SEAM_POLL_MAX)
+        seam.next_poll = self.clock() + seam.interval
+        return self._seam_poll(seam.scope)
+
+    def _seam_poll(self, scope: str | None) -> Plan:
+        queued = yield from self._seam_catch_up(scope)
+        if self._seam is not None and self._ended(scope):
+            self._seam = None  # the run is over: nothing of it can come live any more
+        return queued
+
+    def _ended(self, ident: str | None) -> bool:
+        """Whether run ``ident``'s final status is among the messages queued (and so nothing of it is to come)."""
+        return ident is not None and ident != KNOWN and any(
+            msg.kind == "status" and msg.name in FINAL_STATUSES and msg.ident == ident for msg in self.ready)
+
+    def next_due(self) -> float | None:
+        """When ``due`` will have a plan (``clock`` time), or None."""
+        return None if self._seam is None else self._seam.next_poll
+
+    def _open_seam(self, scope: str | None) -> None:
+        self._seam = _Seam(scope, self.clock() + SEAM_POLL_FIRST)
+
+    def _close_seam(self, frames: list[bytes]) -> Plan:
+        scope, self._seam = self._seam.scope, None
+        if (yield from self._seam_catch_up(scope)) is None and not self.track_gaps:
+            # (a subscription to everything sees such a loss as a gap in seq, and recovers or reports it)
+            self.on_error("could not ask the history for what was published while this subscription was "
+                          "being set up: messages of that moment may be missing")
+        result = self.accept(frames)  # after the history's answer: a repeat of it is dropped
+        if isinstance(result, Gap):
+            yield from self.recover(result)
+        elif result is not None:
+            self.ready.append(result)
+
+    def _seam_catch_up(self, scope: str | None) -> Plan:
+        if scope == KNOWN:
+            return (yield from self.catch_up())
+        return (yield from self._sync(scope))
+
+    def _sync(self, ident: str | None) -> Plan:
+        """Queue what the history holds of run ``ident`` (or of every run) beyond what was seen."""
+        reply = yield Request("runs")
+        answer = self._answer(reply)
+        if answer is None:
+            return None
+        history_last = {p["publisher"]: p["last_seq"] for p in _publishers_of(answer[0])}
+        before = dict(self.last_seq)  # handed out or reported already: never reported again
+        messages: list[list[bytes]] = []
+        missing: list[Gap] = []
+        for run in _runs_of(answer[0]):
+            if ident is not None and run["ident"] != ident:
+                continue
+            seen = [self.last_seq.get(pub, 0) for pub in run["publishers"]]
+            if seen and all(history_last.get(pub, 0) <= last for pub, last in zip(run["publishers"], seen)):
+                continue  # nothing new
+            reply = yield Request("replay", {"ident": run["ident"], "from_seq": min(seen, default=0) + 1})
+            answer = self._answer(reply)
+            if answer is not None:
+                messages.extend(answer[1])
+                missing.extend(_missing_of(answer[0]))
+        missing = [Gap(g.publisher, max(g.first, before.get(g.publisher, 0) + 1), g.last) for g in missing
+                   if g.last > before.get(g.publisher, 0)]
+        return self._queue_merged(messages, missing)
+
+    def _queue_merged(self, batches: list[list[bytes]], missing: list[Gap]) -> int:
+        """Queue history messages per publisher in seq order (publishers in order of first
+        appearance), each once; then report what ``missing`` says is gone and was not queued."""
+        decoded: dict[str, dict[int, list[bytes]]] = {}
+        returned: dict[str, dict[int, None]] = {}  # every seq the history returned, wanted or not: not lost
+        for frames in batches:
+            try:
+                env = protocol.envelope(frames)
+            except ProtocolError:
+                self.accept(frames)  # counted and reported as invalid
+                continue
+            returned.setdefault(env.publisher, {})[env.seq] = None
+            if bytes(frames[0]).startswith(self.prefixes):  # a run's events, say, to a subscription to its statuses
+                decoded.setdefault(env.publisher, {})[env.seq] = frames
+        queued = 0
+        for by_seq in decoded.values():
+            for seq in sorted(by_seq):
+                msg = self.accept(by_seq[seq], detect_gaps=False)
+                if msg is not None:
+                    self.ready.append(msg)
+                    queued += 1
+        for gap in _merge_ranges(missing, returned):
+            self.lost(gap)
+        return queued
+
+    def _answer(self, reply: list[bytes] | None) -> tuple[dict, list[list[bytes]]] | None:
+        """The parsed reply, or None (no answer, or an error reply: reported once until a good one)."""
+        if reply is None:
+            trouble = f"{self.history_name} did not answer in time"
+        else:
+            try:
+                answer = protocol.parse_reply(reply)
+            except ProtocolError as exc:
+                trouble = f"{self.history_name}: {exc}"
+            else:
+                if self._history_trouble is not None:
+                    log.info("the history service answers again")
+                self._history_trouble = None
+                return answer
+        if trouble != self._history_trouble:
+            self._history_trouble = trouble
+            self.on_error(trouble)
+        return None
+
+
+# -- checking history replies (a history service is a peer like any other: never trust its shapes) --
+
+def _runs_of(info: dict) -> list[dict]:
+    runs = info.get("runs")
+    return [run for run in runs if isinstance(run, dict) and isinstance(run.get("ident"), str)
+            and isinstance(run.get("publishers"), list) and all(isinstance(p, str) for p in run["publishers"])
+            ] if isinstance(runs, list) else []
+
+
+def _publishers_of(info: dict) -> list[dict]:
+    publishers = info.get("publishers")
+    return [pub for pub in publishers if isinstance(pub, dict) and isinstance(pub.get("publisher"), str)
+            and _is_seq(pub.get("last_seq"), zero=True)] if isinstance(publishers, list) else []
+
+
+def _missing_of(info: dict) -> list[Gap]:
+    missing = info.get("missing")
+    return [Gap(*item) for item in missing if isinstance(item, list) and len(item) == 3
+            and isinstance(item[0], str) and _is_seq(item[1]) and _is_seq(item[2]) and item[1] <= item[2]
+            ] if isinstance(missing, list) else []
+
+
+def _is_seq(value: Any, zero: bool = False) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= (0 if zero else 1)
+
+
+def _merge_ranges(missing: list[Gap], present: dict[str, dict[int, Any]]) -> Iterator[Gap]:
+    """The union of ``missing`` per publisher, less the seqs ``present`` has, as gaps in order."""
+    by_publisher: dict[str, list[list[int]]] = {}
+    for gap in sorted(missing, key=lambda g: (g.publisher, g.first)):
+        ranges = by_publisher.setdefault(gap.publisher, [])
+        if ranges and gap.first <= ranges[-1][1] + 1:
+            ranges[-1][1] = max(ranges[-1][1], gap.last)
+        else:
+            ranges.append([gap.first, gap.last])
+    for publisher, ranges in by_publisher.items():
+        have = sorted(present.get(publisher, ()))
+        for first, last in ranges:
+            i = bisect.bisect_left(have, first)
+            while i < len(have) and have[i] <= last:
+                if have[i] > first:
+                    yield Gap(publisher, first, have[i] - 1)
+                first = have[i] + 1
+                i += 1
+            if first <= last:
+                yield Gap(publisher, first, last)
+
+
+def _covers_everything(prefixes: tuple[bytes, ...]) -> bool:
+    subscribed = set(prefixes)
+    return b"" in subscribed or {b"status", b"event"} <= subscribed or {b"status/", b"event/"} <= subscribed
+
+
+def _warn_gap(gap: Gap) -> None:
+    log.warning("missed %d message(s) of publisher %s: seq %d..%d", gap.count, gap.publisher, gap.first, gap.last)
+
+
+def _warn(text: str) -> None:
+    log.warning("%s", text)
+
+
+def _warn_invalid_once(tracker: Tracker) -> Callable[[list[bytes], ProtocolError], None]:
+    def warn(frames: list[bytes], exc: ProtocolError) -> None:
+        if tracker.counts.invalid == 1:
+            log.warning("skipping messages that are not zmq-emitter messages (first: %s); they are counted", exc)
+    return warn
+
+
+# -- driving a plan over a DEALER socket ------------------------------------------------
+
+
+class Dialogue:
+    """One plan in progress with the history service, over a DEALER socket.
+
+    Each request goes out as ``[id, b"", request]``; the history's REP socket sends the reply
+    back behind the same envelope, so a reply to a request that was given up (a timeout, an
+    asyncio task cancelled mid-request) is recognised and dropped, and the socket stays usable.
+
+        dialogue = Dialogue(plan, timeout=5.0)
+        while not dialogue.done:
+            if (frames := dialogue.outgoing()): dealer.send_multipart(frames)
+            if dealer.poll(dialogue.wait_ms()): dialogue.incoming(dealer.recv_multipart())
+            else: dialogue.expire()            # gave up on this request: open a new DEALER
+        dialogue.result
+    """
+
+    _ids = itertools.count(1)  # one counter per process: an id is never used twice on any socket
+
+    def __init__(self, plan: Plan, timeout: float, clock: Callable[[], float] = time.monotonic):
+        self.plan, self.timeout, self.clock = plan, timeout, clock
+        self.done, self.result = False, None
+        self._request: Request | None = None
+        self._id = b""
+        self._sent = False
+        self.deadline = 0.0
+        self._advance(None, first=True)
+
+    def outgoing(self) -> list[bytes] | None:
+        """The frames to send now (each request once), or None."""
+        if self.done or self._sent:
+            return None
+        self._sent = True
+        self._id = b"%d" % next(self._ids)
+        self.deadline = self.clock() + self.timeout
+        return [self._id, b"", self._request.frame()]
+
+    def wait_ms(self, until: float | None = None) -> int:
+        """How long to wait for the reply (ms), at most until ``until`` (clock time)."""
+        end = self.deadline if until is None else min(self.deadline, until)
+        return max(0, int((end - self.clock()) * 1000))
+
+    def incoming(self, frames: list[bytes]) -> None:
+        """Frames the DEALER received: the reply to this request, or a stale one (dropped)."""
+        if self.done or not self._sent or len(frames) < 2 or frames[0] != self._id or frames[1] != b"":
+            return
+        self._advance(frames[2:])
+
+    def expire(self) -> bool:
+        """If the current request has waited its ``timeout``, give it up (the plan gets None). True if so."""
+        if self.done or not self._sent or self.clock() < self.deadline:
+            return False
+        self._advance(None)
+        return True
+
+    def _advance(self, reply: list[bytes] | None, first: bool = False) -> None:
+        try:
+            self._request = next(self.plan) if first else self.plan.send(reply)
+            self._sent = False
+        except StopIteration as stop:
+            self.done, self.result, self._request = True, stop.value, None
