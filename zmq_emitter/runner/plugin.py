@@ -408,10 +408,11 @@ class Publisher:
         unacknowledged = sum(1 for entry in own.sent if entry.seq <= published)
         if self._spool is not None:
             if pending:
-                _say(f"zmq_emitter: publisher {self.id}: {len(pending)} messages not acknowledged by exit "
-                     f"(no broker within runner_zmq_linger={self._linger_ms} ms or runner_zmq_reconnect_wait="
-                     f"{self._reconnect_wait_ms} ms) are spooled in {self._spool.directory}: the next process "
-                     "publishing there sends them first (or `zmq-emitter spool --send`)")
+                waited = (f"runner_zmq_reconnect_wait={self._reconnect_wait_ms} ms for the broker to come back"
+                          if self._awaiting_broker else f"runner_zmq_linger={self._linger_ms} ms")
+                _say(f"zmq_emitter: publisher {self.id}: {len(pending)} messages not acknowledged by exit (waited "
+                     f"{waited}) are spooled in {self._spool.directory}: the next process publishing there sends "
+                     "them first (or `zmq-emitter spool --send`)")
             undelivered = unacknowledged = 0
         if own.dropped or undelivered:
             _say("zmq_emitter: publisher %s lost %d of %d messages: %d pushed out of the full buffer "
