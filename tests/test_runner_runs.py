@@ -140,10 +140,12 @@ LOSS_LINE = re.compile(r"zmq_emitter: publisher [0-9a-f]{16} lost (\d+) of (\d+)
                        r"the full buffer .*, (\d+) still undelivered at exit")
 
 
-def test_no_broker_running_changes_nothing_about_the_run_and_the_exit_line_counts_the_undelivered(
+def test_no_broker_running_changes_nothing_about_the_run_and_with_the_spool_off_the_exit_line_counts_the_undelivered(
         project, tmp_path):
+    """With the spool on (the default), the same run is kept for the next process: tests/test_spool.py."""
     plain = shutil.copytree(PROJECT, tmp_path / "plain")
-    plugin_env = runner_env(RUNNER_ZMQ_URL=f"ipc://{tmp_path}/nobody-listens", RUNNER_ZMQ_LINGER="200")
+    plugin_env = runner_env(RUNNER_ZMQ_URL=f"ipc://{tmp_path}/nobody-listens", RUNNER_ZMQ_LINGER="200",
+                            RUNNER_ZMQ_SPOOL="none")
     # Wall times of the same run without and with the plugin, alternated, best of two each (the machine is noisy)
     seconds: dict[str, list[float]] = {"without": [], "with": []}
     results = {}
