@@ -17,6 +17,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 import zmq
 
 from zmq_emitter.demo import PROJECT
@@ -196,7 +197,7 @@ def fill_spool(root: Path, url: str, publishers: int, messages: int) -> dict[str
         header = protocol.header_prefix("json", pub)
         entries = [Entry(seq, b"event/spooled/runner_on_ok", header + b"%d}" % seq, b'{"p": %d}' % p)
                    for seq in range(1, messages + 1)]
-        assert store.store(pub, entries, last=messages) == []
+        assert store.store(pub, entries, last=messages) == (True, [])
         written[pub] = list(range(1, messages + 1))
     return written
 
@@ -331,3 +332,61 @@ def test_zmq_emitter_spool_lists_what_waits_and_sends_it_on_demand(tmp_path):
         f"{url}: publisher {p:016x}: 4 of 4 messages acknowledged (or, by a broker that does not acknowledge, "
         "delivered), 0 spooled again" for p in range(2)]
     assert spool_module.listing(root) == []
+
+
+PUBLISH_BIG = textwrap.dedent("""
+    import sys
+    from types import SimpleNamespace
+    from zmq_emitter.runner import plugin
+    config = SimpleNamespace(settings={})
+    for i in range(3):
+        plugin.event_handler(config, {"event": "runner_on_ok", "runner_ident": sys.argv[1], "i": i,
+                                      "stdout": "x" * 200_000})
+""")
+
+
+def test_a_spool_file_taken_over_is_given_back_whole_when_writing_it_again_fails_on_a_full_disk(tmp_path):
+    """Run 1 spools ~600 kB on a 1 MiB filesystem; run 2 takes it over and cannot write it again beside
+    the original: the original stays, nothing said as spooled that was not, run 2's own loss is said."""
+    spool_root = tmp_path / "spool"
+    spool_root.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(spool_root)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.strip()}")
+    try:
+        env = runner_env(RUNNER_ZMQ_URL=f"ipc://{tmp_path}/nobody", RUNNER_ZMQ_SPOOL=str(spool_root),
+                         RUNNER_ZMQ_LINGER="100")
+        first = subprocess.run([sys.executable, "-c", PUBLISH_BIG, "one"], env=env, capture_output=True, text=True)
+        assert "messages not acknowledged by exit" in first.stderr, first.stderr
+        (before,) = spool_module.listing(spool_root)
+        second = subprocess.run([sys.executable, "-c", PUBLISH_BIG, "two"], env=env, capture_output=True,
+                                text=True)
+        assert second.returncode == 0
+        assert "could not spool" in second.stderr, second.stderr
+        files = spool_module.listing(spool_root)
+        kept = [f for f in files if f.pub == before.pub]
+        assert [(f.first, f.last, f.messages, f.claimed_by) for f in kept] == [(before.first, before.last,
+                                                                                before.messages, None)]
+        # the second process's own messages: said lost, never said spooled
+        own = [line for line in second.stderr.splitlines() if "not acknowledged by exit" in line]
+        assert own == [] and " lost " in second.stderr, second.stderr
+    finally:
+        subprocess.run(["umount", str(spool_root)], capture_output=True)
+
+
+def test_an_existing_spool_directory_keeps_its_mode_and_those_the_spool_creates_are_owner_only(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)  # like /tmp: a careless runner_zmq_spool=/tmp must not lock others out
+    env = runner_env(RUNNER_ZMQ_URL=f"ipc://{tmp_path}/nobody", RUNNER_ZMQ_SPOOL=str(shared / "spool"),
+                     RUNNER_ZMQ_LINGER="100")
+    link = tmp_path / "link"
+    link.symlink_to(shared)
+    for root in (shared, link):
+        env["RUNNER_ZMQ_SPOOL"] = str(root)
+        result = subprocess.run([sys.executable, "-c", PUBLISH_BIG, "mode"], env=env, capture_output=True, text=True)
+        assert "messages not acknowledged by exit" in result.stderr, result.stderr
+        assert stat.S_IMODE(os.stat(shared).st_mode) == 0o1777
+    (destination,) = [p for p in shared.iterdir() if p.is_dir()]
+    assert stat.S_IMODE(os.stat(destination).st_mode) == 0o700

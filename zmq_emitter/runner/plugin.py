@@ -377,13 +377,20 @@ class Publisher:
         _forget(self)
         if self._spool is not None:
             try:
+                failed = set()
                 for stream, pending in leftovers:
-                    for note in self._spool.store(stream.pub, pending,
-                                                  last=box.seq if stream is own else stream.last):
+                    written, notes = self._spool.store(stream.pub, pending,
+                                                       last=box.seq if stream is own else stream.last)
+                    for note in notes:
                         _say(note)
-                    if pending:
+                    if not written:
+                        failed.add(stream.pub)
+                    elif pending:
                         self.spooled.append((stream.pub, len(pending)))
-                self._spool.release(self.claims)
+                # A file taken over is removed only once what it still held is stored again; if that
+                # failed (a full disk), the file goes back as it was: nothing already safe is lost.
+                self._spool.release([claim for claim in self.claims if claim.pub not in failed])
+                self._spool.give_back([claim for claim in self.claims if claim.pub in failed])
             except Exception as exc:  # never an exception at exit; what was claimed is taken back later
                 _say(f"zmq_emitter: publisher {self.id}: spooling in {self._spool.directory} failed: {exc!r}")
         self._report(published, leftovers)
@@ -406,7 +413,7 @@ class Publisher:
         pending = dict((stream.pub, entries) for stream, entries in leftovers)[self.id]
         undelivered = sum(1 for entry in own.unsent if entry.seq <= published)
         unacknowledged = sum(1 for entry in own.sent if entry.seq <= published)
-        if self._spool is not None:
+        if self.id in dict(self.spooled):  # else the spool is off, or could not be written: the loss is said
             if pending:
                 waited = (f"runner_zmq_reconnect_wait={self._reconnect_wait_ms} ms for the broker to come back"
                           if self._awaiting_broker else f"runner_zmq_linger={self._linger_ms} ms")

@@ -12,11 +12,13 @@ messages look on the wire.
     >>> from zmq_emitter.runner.outbox import Entry
     >>> spool = Spool(tempfile.mkdtemp(), ("tcp://127.0.0.1:5557",), max_messages=1000, max_bytes=2**20)
     >>> spool.store("9f86d081884c7d65", [Entry(7, b"status/r/running", b'{"seq":7}', b"{}")], last=7)
-    []
+    (True, [])
     >>> [(c.pub, [e.seq for e in c.entries]) for c in spool.claim()]   # the next process
     [('9f86d081884c7d65', [7])]
 
-On disk (files 0600, directories 0700: events may hold secrets): each file is written to a
+On disk (files 0600, and the directories the spool creates 0700: events may hold secrets; a
+directory that exists already keeps its mode, so a careless ``runner_zmq_spool=/tmp`` changes
+nothing of /tmp): each file is written to a
 temporary name, fsynced and renamed, so a reader never sees half a file.  A process claims a
 waiting file by renaming it with its pid and host; a claim whose process is gone (same host)
 is taken back the same way, so each file is sent by one process only.  A file is a magic
@@ -156,28 +158,44 @@ class Spool:
             for path in claim.paths:
                 _unlink(path)
 
+    def give_back(self, claims: Iterable[Claim]) -> None:
+        """Put claimed files back as waiting, unchanged: what could not be stored again is not lost with them.
+
+        Messages of them that were delivered meanwhile go again with the next process: exact repeats,
+        which histories and subscribers drop."""
+        for claim in claims:
+            for path in claim.paths:
+                match = _CLAIMED.match(path.name)
+                if match:
+                    try:
+                        os.rename(path, path.with_name(f"{match['pub']}.{match['token']}.spool"))
+                    except FileNotFoundError:
+                        pass
+
     # -- at exit: store ------------------------------------------------------------------------
 
-    def store(self, pub: str, entries: list[Entry], *, last: int) -> list[str]:
-        """Write ``entries`` (in seq order) as ``pub``'s file, within the bounds; returns what to say on stderr.
+    def store(self, pub: str, entries: list[Entry], *, last: int) -> tuple[bool, list[str]]:
+        """Write ``entries`` (in seq order) as ``pub``'s file, within the bounds.
 
-        Beyond the bounds the oldest go: first whole files waiting from before (the oldest
-        first), then the oldest of ``entries``.  Never raises: an error is one of the lines.
+        Returns (written, what to say on stderr).  Beyond the bounds the oldest go: first whole files
+        waiting from before (the oldest first), then the oldest of ``entries``.  Never raises: an
+        error is one of the lines, and ``written`` is False.
         """
         notes: list[str] = []
         if not entries:
-            return notes
+            return True, notes
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
             for directory in (self.directory.parent, self.directory):
-                if directory.stat().st_uid == os.getuid():
-                    os.chmod(directory, 0o700)
+                if not directory.is_dir():  # created owner-only; an existing directory keeps its mode
+                    directory.parent.mkdir(parents=True, exist_ok=True)
+                    directory.mkdir(mode=0o700, exist_ok=True)
             entries = self._fit(pub, entries, notes)
             self._write(pub, entries, last)
         except OSError as exc:
             notes.append(f"zmq_emitter: could not spool {len(entries)} messages of publisher {pub} "
-                         f"(seq {entries[0].seq}..{entries[-1].seq}) to {self.directory}: {exc}; they are lost")
-        return notes
+                         f"(seq {entries[0].seq}..{entries[-1].seq}) to {self.directory}: {exc}")
+            return False, notes
+        return True, notes
 
     def _fit(self, pub: str, entries: list[Entry], notes: list[str]) -> list[Entry]:
         sizes = [_size(entry) for entry in entries]
