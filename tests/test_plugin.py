@@ -163,6 +163,12 @@ def _self_list():
     return lst
 
 
+def _nested(depth: int, inner):
+    for _ in range(depth):
+        inner = [inner]
+    return inner
+
+
 UTC = datetime.timezone.utc
 # (name, value, what a JSON subscriber gets, what a msgpack subscriber gets): the table in protocol.py
 FALLBACKS = [
@@ -183,6 +189,8 @@ FALLBACKS = [
     ("self-referencing dict", _self_dict(), {"a": 1, "self": "<recursion>"}, {"a": 1, "self": "<recursion>"}),
     ("self-referencing list", _self_list(), [1, "<recursion>"], [1, "<recursion>"]),
     ("lone surrogate", "a\udcff", "a\\udcff", "a\\udcff"),
+    # 300 lists deep (orjson refuses more than 255 levels): the payload dict is level 1, so 199 lists stay
+    ("nested 300 deep", _nested(300, 1), _nested(199, "<too deep>"), _nested(199, "<too deep>")),
 ]
 
 

@@ -188,3 +188,16 @@ def test_pretty_keeps_its_columns_aligned_with_wide_characters():
     starts = {cells(line[:line.index("runner_on_failed")]) for line in lines}
     tasks = {cells(line[:line.rindex("  ") + 2]) for line in lines}
     assert len(starts) == 1 and len(tasks) == 1, lines
+
+
+def test_runs_lines_show_hostile_idents_and_fields_as_text_a_terminal_cannot_act_on():
+    from zmq_emitter.consumers.tail import RUNS_HEADER, format_run
+
+    line = format_run({"ident": "\x1b]0;TITLE\x07" + "\n" * 10_000, "status": "ok\r", "messages": 3,
+                       "retained": 2, "last_seen": 0})
+    assert "\n" not in line and "\x1b" not in line and "\x07" not in line and "\r" not in line
+    assert line.startswith("\\x1b]0;TITLE\\x07\\n")
+    for hostile in (None, [], "run", {"ident": 5, "messages": "many", "retained": True, "last_seen": 1e300},
+                    {"last_seen": float("nan")}):
+        assert "?" in format_run(hostile)  # a wrong type shows as ?, never an exception
+    assert RUNS_HEADER.startswith("IDENT")

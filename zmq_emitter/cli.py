@@ -248,10 +248,10 @@ def runs(
     if answer is None:
         _fail(f"runs: no answer from the history service at {history} within {timeout:g}s"
               + ("" if curve_server_key else " (a broker with CURVE needs --curve-server-key)"))
-    typer.echo(f"{'IDENT':<38}  {'STATUS':<11}  {'MESSAGES':>8}  {'RETAINED':>8}  LAST SEEN")
-    for run in answer[0]["runs"]:
-        seen = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run["last_seen"]))
-        typer.echo(f"{run['ident']:<38}  {run['status'] or '-':<11}  {run['messages']:>8}  {run['retained']:>8}  {seen}")
+    typer.echo(tail_module.RUNS_HEADER)
+    listed = answer[0].get("runs")
+    for run in listed if isinstance(listed, list) else []:
+        typer.echo(tail_module.format_run(run))
 
 
 @app.command()

@@ -96,6 +96,7 @@ def header_prefix(codec: str, publisher: str) -> bytes:
 #   date, time, datetime -> ISO 8601 text;  anything else -> str(value)
 #   non-string keys -> str(key);  integers beyond 64 bits -> decimal text
 #   a container that contains itself -> the text "<recursion>" in its place
+#   containers nested deeper than MAX_DEPTH -> the text "<too deep>" in their place
 #   text with lone surrogates (not UTF-8) -> those characters as the text \udcNN
 
 
@@ -112,6 +113,7 @@ def fallback(value: Any) -> Any:
 
 
 _INT_RANGE = range(-(2**63), 2**64)
+MAX_DEPTH = 200  # orjson refuses more than 255 levels; Python's own recursion limit is near 1000
 
 
 def to_plain(value: Any, _active: frozenset = frozenset()) -> Any:
@@ -128,6 +130,8 @@ def to_plain(value: Any, _active: frozenset = frozenset()) -> Any:
     if isinstance(value, (dict, list, tuple, set, frozenset)):
         if id(value) in _active:
             return "<recursion>"
+        if len(_active) >= MAX_DEPTH:  # _active holds one container per level above this one
+            return "<too deep>"
         active = _active | {id(value)}
         if isinstance(value, dict):
             return {_text(k if isinstance(k, str) else str(k)): to_plain(v, active) for k, v in value.items()}

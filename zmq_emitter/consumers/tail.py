@@ -123,6 +123,28 @@ def fit(text: str, width: int, cut: bool = False) -> str:
     return text + " " * max(0, width - cells(text))
 
 
+RUNS_HEADER = f"{'IDENT':<38}  {'STATUS':<11}  {'MESSAGES':>8}  {'RETAINED':>8}  LAST SEEN"
+
+
+def format_run(run: object) -> str:
+    """One line of ``zmq-emitter runs`` for one run of a history's ``runs`` answer.
+
+    The answer comes off the network: every field is shown as text a terminal cannot act on,
+    and a field of the wrong type shows as ``?`` instead of raising.
+    """
+    run = run if isinstance(run, dict) else {}
+    seen = run.get("last_seen")
+    try:
+        seen = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seen))
+    except (TypeError, ValueError, OverflowError, OSError):
+        seen = "?"
+    counts = [value if isinstance(value, int) and not isinstance(value, bool) else "?"
+              for value in (run.get("messages"), run.get("retained"))]
+    ident = fit(printable(str(run.get("ident", "?"))), 38)
+    status = fit(printable(str(run.get("status") or "-")), 11)
+    return f"{ident}  {status}  {counts[0]:>8}  {counts[1]:>8}  {seen}"
+
+
 def format_pretty(msg: Message, colour: bool) -> str:
     """``time  ident  host  event-or-status  task`` (one line; failures stand out)."""
     payload = msg.payload if isinstance(msg.payload, dict) else {}
