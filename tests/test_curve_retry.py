@@ -25,7 +25,7 @@ def test_a_runner_refused_by_a_curve_broker_says_so_once_and_gets_through_once_i
     broker = BrokerProcess(f"ipc://{tmp_path}/f", f"ipc://{tmp_path}/b", "--startup-grace", "0",
                            "--curve-secret-key-file", str(broker_secret), "--publisher-keys", str(listed))
     publisher = Publisher(Config(url=(broker.frontend,), curve_server_key=security.load_public_key(broker_public),
-                                 curve_secret_key_file=security.load_key_pair(runner_secret), linger=0, spool=None))
+                                 curve_key_pair=security.load_key_pair(runner_secret), linger=0, spool=None))
     try:
         with Subscriber([broker.backend], curve_server_key=str(broker_public)) as sub:
             header = publisher.header_prefix("json")

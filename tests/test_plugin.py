@@ -364,7 +364,7 @@ def test_an_acknowledgement_arriving_with_a_new_brokers_subscription_stops_the_r
         first.send(protocol.ack_frame(protocol.Ack("broker", "first-token", {publisher.id: 2})))
         assert publisher.flush(0.5) is False  # 3..5 wait for their acknowledgement
         first.close(0)  # the broker dies
-        wait_until(lambda: not publisher._subscriptions, 10, message="the publisher sees its unsubscription")
+        wait_until(lambda: publisher.flush(0) is not None and not publisher._outbox.subscribed, 10, message="the publisher sees its unsubscription")
 
         second = context.socket(zmq.XSUB)
         handshake = second.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
