@@ -21,23 +21,9 @@ from zmq_emitter import protocol
 from zmq_emitter.demo import PROJECT as DEMO
 from zmq_emitter.consumers.tail import FINAL_STATUS_EXIT
 
+from consumer_helpers import output, tail  # noqa: E402  (one place for the tail process helpers)
+
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-def tail(*args: str) -> subprocess.Popen:
-    """``zmq-emitter tail ARGS`` writing to temporary files (a pipe nobody reads would fill and block it)."""
-    out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
-    proc = subprocess.Popen([str(BIN / "zmq-emitter"), "tail", *args], stdout=out, stderr=err)
-    proc.out, proc.err = out, err
-    return proc
-
-
-def output(proc: subprocess.Popen) -> tuple[str, str]:
-    texts = []
-    for f in (proc.out, proc.err):
-        f.seek(0)
-        texts.append(f.read())
-    return texts[0], texts[1]
 
 
 def finish(proc: subprocess.Popen, timeout: float = 30) -> tuple[int, str, str]:
