@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import zmq
 
-from conftest import BIN
+from conftest import BIN, job_events, run_cli, runner_env
 from test_acks_broker import AckingPublisher
 from test_security import Keys, handshake
 
@@ -87,6 +87,27 @@ def test_acknowledgements_runs_and_replay_all_work_over_curve(curve_broker, keys
                     curve_secret_key_file=str(keys.secret("reader"))) as reader:
         info, replayed = reader.request("replay", ident="flood", from_seq=1)
     assert [protocol.decode(m).seq for m in replayed] == list(range(1, 201)) and info["missing"] == []
+
+
+def test_a_real_run_over_curve_is_acknowledged_listed_and_replayed(curve_broker, keys, project):
+    result = run_cli(project, "curved", runner_env(RUNNER_ZMQ_URL=curve_broker.frontend,
+                                                   RUNNER_ZMQ_CURVE_SERVER_KEY=str(keys.public("broker")),
+                                                   RUNNER_ZMQ_CURVE_SECRET_KEY_FILE=str(keys.secret("runner"))))
+    assert "never acknowledged" not in result.stderr and "lost" not in result.stderr, result.stderr
+
+    listing = subprocess.run([str(BIN / "zmq-emitter"), "runs", "--history", curve_broker.history,
+                              "--curve-server-key", str(keys.public("broker")),
+                              "--curve-secret-key-file", str(keys.secret("reader"))],
+                             capture_output=True, text=True, timeout=30)
+    assert listing.returncode == 0, listing.stderr
+    (row,) = [line for line in listing.stdout.splitlines() if line.startswith("curved ")]
+    assert row.split()[1] == "failed"
+
+    with Subscriber([], history=curve_broker.history, curve_server_key=str(keys.public("broker")),
+                    curve_secret_key_file=str(keys.secret("reader"))) as reader:
+        info, replayed = reader.request("replay", ident="curved", from_seq=1)
+    decoded = [protocol.decode(m) for m in replayed]
+    assert info["missing"] == [] and [m.payload for m in decoded if m.kind == "event"] == job_events(project, "curved")
 
 
 def test_runs_with_an_unlisted_key_gets_no_answer_and_says_what_to_check(curve_broker, keys):
