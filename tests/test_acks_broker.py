@@ -221,11 +221,20 @@ def test_under_a_flood_that_overflows_the_capture_socket_acks_cover_only_what_wa
         try:
             publisher.publish(count)
             deadline = time.monotonic() + 120
+            progress, progress_at = 0, time.monotonic()
             while (publisher.kept or publisher.queue) and time.monotonic() < deadline:
                 publisher.pump()
                 publisher.sock.poll(10)
+                if len(publisher.acks) != progress:
+                    progress, progress_at = len(publisher.acks), time.monotonic()
+                elif not publisher.queue and time.monotonic() - progress_at > 1:
+                    # Copies dropped at the very end of a stream leave no hole until a later message of
+                    # the publisher shows it: the stream goes on (the plugin's closing report, at the latest).
+                    publisher.publish(1)
+                    progress_at = time.monotonic()
             assert not publisher.kept, (f"{len(publisher.kept)} never acknowledged; "
                                         f"acks {publisher.acks[-5:]}, {publisher.resends} resend requests")
+            count = publisher.sent
         finally:
             publisher.sock.close(0)
             context.term()
@@ -236,5 +245,5 @@ def test_under_a_flood_that_overflows_the_capture_socket_acks_cover_only_what_wa
     # history never recorded, that message would be missing here.
     assert info["missing"] == [] and info["pending"] == []
     assert seqs_of(messages) == list(range(1, count + 1))
-    assert publisher.resends > 0 and summary["duplicates"] >= 0 and summary["missed"] == 0
+    assert publisher.resends > 0 and summary["missed"] == 0 and summary["acked"] == count
     assert publisher.acks == sorted(publisher.acks)
