@@ -186,27 +186,3 @@ def test_an_endpoint_not_reached_is_said_once_after_a_moment_and_a_lost_one_like
     clock.now = link.next_due()
     link.due()
     assert len(told) == 2 and "lost the connection to ipc:///run/b" in told[1]
-
-
-def test_after_a_reconnect_only_known_publishers_that_stay_quiet_are_asked_for():
-    """With gap detection on, a publisher's next live message shows what passed meanwhile as a gap; the
-    history is asked only about those that stay quiet once the subscription is in place."""
-    q = "8888888888888888"
-    history, clock = History(), Clock()
-    record(history, run_message(1, "x"), message(q, 1, "event", "y"))
-    tracker = Tracker(recovers=True, clock=clock)
-    assert drive(tracker.catch_up(), history) == 0
-    tracker.receive(run_message(1, "x")), tracker.receive(message(q, 1, "event", "y"))
-    handed_out(tracker)
-    assert drive(tracker.reconnected(), history) == 0  # the seam is open: the new subscription is not in place
-    record(history, message(q, 2, "event", "y", "runner_on_ok"),  # q's last message, before it was in place
-           message(q, 3, "status", "y", "successful", {"status": "successful", "runner_ident": "y"}))
-    record(history, run_message(2, "x"))
-    assert tracker.receive(run_message(2, "x")).seq == 2  # live: in place; P shows up, nothing asked
-    assert tracker.due() is None
-    clock.now += SEAM_POLL_FIRST
-    asked = []
-    drive(tracker.due(), history, asked)  # q stayed quiet: caught up from the history, once
-    assert [r.op for r in asked] == ["runs", "fetch"] and asked[1].fields == {"pub": q, "first": 2, "last": 3}
-    assert [(m.publisher, m.seq) for m in tracker.ready] == [(q, 2), (q, 3)]
-    assert tracker.next_due() is None and tracker.gaps == []

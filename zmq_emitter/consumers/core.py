@@ -95,9 +95,6 @@ class _Seam:
     scope: str | None            # a run's ident; None: every run ("known": the publishers already seen)
     next_poll: float
     interval: float = SEAM_POLL_FIRST
-    # After a reconnect, for a subscription to everything, once the first live message came: the known
-    # publishers not seen live since (gap detection covers the others); caught up at next_poll if any is left.
-    pending: set | None = None
 
 
 FINAL_STATUSES = frozenset({"successful", "failed", "timeout", "canceled", "error"})  # a run's last message
@@ -150,18 +147,9 @@ class Tracker:
     def receive(self, frames: list[bytes]) -> Message | Plan | None:
         """A live message: the Message to hand out, None (skipped), or a plan to run first
         (after which the messages are in ``ready``)."""
-        seam = self._seam
-        if seam is not None and seam.pending is None:  # the first live message: the subscription is in place
-            if seam.scope != KNOWN or not self.track_gaps:
-                return self._close_seam(frames)
-            # After a reconnect, with gap detection on: each known publisher's next live message shows
-            # whatever it sent in the meantime as a gap; only those that stay quiet need the history.
-            seam.pending, seam.next_poll = set(self.last_seq), self.clock() + SEAM_POLL_FIRST
+        if self._seam is not None:  # the first live message: the subscription is in place
+            return self._close_seam(frames)
         result = self.accept(frames)
-        if seam is not None and result is not None:
-            seam.pending.discard(result.publisher)
-            if not seam.pending:
-                self._seam = None
         if isinstance(result, Gap):
             return self.recover(result)
         return result
@@ -299,9 +287,6 @@ class Tracker:
         seam = self._seam
         if seam is None or self.clock() < seam.next_poll:
             return None
-        if seam.pending is not None:  # publishers quiet since the subscription was in place: asked for once
-            self._seam = None
-            return self.catch_up()
         seam.interval = min(seam.interval * 2, SEAM_POLL_MAX)
         seam.next_poll = self.clock() + seam.interval
         return self._seam_poll(seam.scope)
