@@ -20,21 +20,9 @@ from zmq_emitter import protocol
 from zmq_emitter.demo import PROJECT as DEMO
 from zmq_emitter.consumers.tail import FINAL_STATUS_EXIT
 
-from consumer_helpers import output, tail  # noqa: E402  (one place for the tail process helpers)
+from consumer_helpers import finish, output, tail  # noqa: E402  (one place for the tail process helpers)
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-def finish(proc: subprocess.Popen, timeout: float = 30) -> tuple[int, str, str]:
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        raise AssertionError(f"tail did not exit: {output(proc)}") from None
-    out, err = output(proc)
-    assert "Traceback" not in err, err
-    return proc.returncode, out, err
 
 
 def test_formats_and_filters_on_a_real_failed_run(project, broker_process):
