@@ -100,16 +100,22 @@ def settles_after(publisher: Publisher, timeout: float = 0.5) -> bool:
     return publisher.flush(timeout)
 
 
+def two_brokers(context: zmq.Context, tmp_path, publisher: Publisher) -> tuple["RawBroker", "RawBroker"]:
+    """Brokers ``a`` (subscribed to everything) and ``b`` (to events), both announced, at ``tmp_path``/a and /b."""
+    a = RawBroker(context, f"ipc://{tmp_path}/a", "a", "token-a")
+    b = RawBroker(context, f"ipc://{tmp_path}/b", "b", "token-b")
+    for broker, prefix in ((a, b""), (b, b"event")):
+        broker.announce()
+        broker.subscribe(prefix)
+    wait_subscribed(publisher, {b"", b"event"})
+    return a, b
+
+
 def test_a_sent_message_is_released_only_when_every_known_broker_acknowledged_it(tmp_path):
     context = zmq.Context()
     publisher = Publisher(Config(url=(f"ipc://{tmp_path}/a", f"ipc://{tmp_path}/b"), linger=0))
     try:
-        a = RawBroker(context, f"ipc://{tmp_path}/a", "a", "token-a")
-        b = RawBroker(context, f"ipc://{tmp_path}/b", "b", "token-b")
-        for broker, prefix in ((a, b""), (b, b"event")):
-            broker.announce()
-            broker.subscribe(prefix)
-        wait_subscribed(publisher, {b"", b"event"})
+        a, b = two_brokers(context, tmp_path, publisher)
         publish(publisher, 5)
         assert a.seqs(5) == b.seqs(5) == [1, 2, 3, 4, 5]
         a.ack({publisher.id: 5})
@@ -191,12 +197,7 @@ def test_a_broker_that_comes_back_gets_everything_after_its_last_acknowledgement
     context = zmq.Context()
     publisher = Publisher(Config(url=(f"ipc://{tmp_path}/a", f"ipc://{tmp_path}/b"), linger=0))
     try:
-        a = RawBroker(context, f"ipc://{tmp_path}/a", "a", "token-a")
-        b = RawBroker(context, f"ipc://{tmp_path}/b", "b", "token-b")
-        for broker, prefix in ((a, b""), (b, b"event")):
-            broker.announce()
-            broker.subscribe(prefix)
-        wait_subscribed(publisher, {b"", b"event"})
+        a, b = two_brokers(context, tmp_path, publisher)
         publish(publisher, 4)
         assert a.seqs(4) == b.seqs(4) == [1, 2, 3, 4]
         a.ack({publisher.id: 4})

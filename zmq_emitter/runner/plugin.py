@@ -44,7 +44,7 @@ import secrets
 import sys
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
@@ -309,23 +309,23 @@ class Publisher:
     def flush(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds until everything is sent (and acknowledged, by a broker that does)."""
         deadline = time.monotonic() + timeout
-        while True:
-            with self._lock:
-                self._read_incoming()
-                self._flush()
-                self._watch_handshakes()
-                if self._outbox.settled:
-                    return True
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            self._socket.poll(min(remaining, 0.01) * 1000)
+        return self._wait(lambda: deadline)
 
     def _settle(self, start: float) -> bool:
         """``flush`` for the exit: up to ``runner_zmq_linger`` after ``start``; up to
         ``runner_zmq_reconnect_wait`` once a broker that has acknowledged before was seen away."""
         linger_end = start + self._linger_ms / 1000
         reconnect_end = start + self._reconnect_wait_ms / 1000
+
+        def deadline() -> float:
+            # Sticky: a broker that came back still has to acknowledge what it gets again.
+            self._awaiting_broker = self._awaiting_broker or self._outbox.awaits_broker()
+            return max(linger_end, reconnect_end) if self._awaiting_broker else linger_end
+
+        return self._wait(deadline)
+
+    def _wait(self, deadline: Callable[[], float]) -> bool:
+        """Send, read acknowledgements, until nothing is left (True) or ``deadline()`` (asked under the lock) passes."""
         while True:
             with self._lock:
                 self._read_incoming()
@@ -333,9 +333,8 @@ class Publisher:
                 self._watch_handshakes()
                 if self._outbox.settled:
                     return True
-                # Sticky: a broker that came back still has to acknowledge what it gets again.
-                self._awaiting_broker = self._awaiting_broker or self._outbox.awaits_broker()
-            remaining = (max(linger_end, reconnect_end) if self._awaiting_broker else linger_end) - time.monotonic()
+                end = deadline()
+            remaining = end - time.monotonic()
             if remaining <= 0:
                 return False
             self._socket.poll(min(remaining, 0.01) * 1000)
