@@ -164,11 +164,6 @@ def churn_through_a_broker_sigkill(tmp_path, total: int) -> tuple[list[int], lis
     return losses, broker_rss, list(publisher_rss.values())
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known regression, open in issue 10's note: since acknowledgements became contiguous with resend requests, "
-    "about half the runs here end with a few hundred messages reported lost (exactly, never silently) after the "
-    "broker SIGKILL; suspected: subscribers report as lost the holes the restarted broker still asks runners for "
-    "(fetch's `pending`)"))
 def test_churning_subscribers_get_every_message_through_a_broker_sigkill_and_restart(tmp_path):
     """Nothing is lost: the publishers send again what the killed broker had not acknowledged, and what it had
     acknowledged was on disk, so every gap a subscriber sees is recovered from the restarted broker."""

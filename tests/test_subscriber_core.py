@@ -9,7 +9,7 @@ from consumer_helpers import message
 
 from zmq_emitter import protocol
 from zmq_emitter.broker.history import History
-from zmq_emitter.consumers.core import SEAM_POLL_FIRST, SEAM_POLL_MAX, Dialogue, Gap, Request, Tracker
+from zmq_emitter.consumers.core import RESEND_FIRST, SEAM_POLL_FIRST, SEAM_POLL_MAX, Dialogue, Gap, Request, Tracker
 from zmq_emitter.consumers.link import Link
 
 P = "9999999999999999"
@@ -137,6 +137,24 @@ def test_a_history_error_reply_counts_as_no_answer_said_once_and_the_revealing_m
     assert len(told) == 1 and "not today" in told[0]  # said once, until the history answers well again
 
 
+def test_positions_leave_out_a_gap_still_being_fetched_and_the_message_that_revealed_it():
+    """A consumer saving ``positions`` while a gap is being fetched (a plan under way) must not skip it on resume."""
+    history = History()
+    record(history, *(run_message(seq, "r") for seq in range(1, 8)))
+    tracker = Tracker(recovers=True)
+    assert tracker.receive(run_message(1, "r")).seq == 1
+    plan = tracker.receive(run_message(5, "r"))  # 2..4 missed: fetched before 5 is handed out
+    assert tracker.positions() == {P: 1}
+    drive(plan, history)
+    assert tracker.positions() == {P: 1}  # queued, not handed out yet
+    assert handed_out(tracker) == [("r", 2), ("r", 3), ("r", 4), ("r", 5)]
+    assert tracker.positions() == {P: 5}
+    plan = tracker.catch_up()  # 6..7 are in the history: counted as seen while they are fetched
+    next(plan)
+    assert plan.send(history.answer(protocol.request("runs"))).fields["first"] == 6
+    assert tracker.positions() == {P: 5}
+
+
 def test_a_dialogue_drops_a_stale_reply_and_gives_up_a_request_after_its_timeout():
     clock = Clock()
 
@@ -154,6 +172,31 @@ def test_a_dialogue_drops_a_stale_reply_and_gives_up_a_request_after_its_timeout
     again, _, _ = dialogue.outgoing()
     dialogue.incoming([again, b"", b"answer"])
     assert dialogue.done and dialogue.result == (None, [b"answer"])
+
+
+def test_a_dialogue_sends_an_unanswered_request_again_backing_off_until_its_timeout_and_takes_any_copys_reply():
+    clock = Clock()
+
+    def plan():
+        return (yield Request("runs"))
+
+    dialogue = Dialogue(plan(), timeout=10.0, clock=clock)
+    start = clock.now
+    sent, times = [dialogue.outgoing()], [0.0]
+    for _ in range(40):  # its 10 s, in steps of 0.25 s
+        clock.now += 0.25
+        if (frames := dialogue.outgoing()) is not None:
+            sent.append(frames)
+            times.append(clock.now - start)
+    assert times == [0.0, RESEND_FIRST, 3 * RESEND_FIRST]  # then after 4 * RESEND_FIRST more: past its timeout
+    assert len({tuple(frames) for frames in sent}) == 1  # the same request, the same id
+    assert dialogue.expire()  # still no answer at its timeout: given up
+    dialogue = Dialogue(plan(), timeout=10.0, clock=clock)
+    first = dialogue.outgoing()
+    clock.now += RESEND_FIRST
+    assert dialogue.outgoing() == first
+    dialogue.incoming([first[0], b"", b"answer"])  # the reply to either copy will do
+    assert dialogue.done and dialogue.result == [b"answer"]
 
 
 def test_a_refused_endpoint_is_said_once_and_tried_again_with_a_back_off_until_it_lets_the_subscriber_in():

@@ -96,6 +96,33 @@ def test_a_cancelled_asyncio_request_leaves_the_next_request_working(tmp_path):
     assert answer is not None and answer[0]["runs"] == [] and replayed == 0
 
 
+def test_a_history_request_lost_with_a_broker_that_died_is_sent_again_to_the_one_that_replaced_it(tmp_path):
+    """A broker killed between receiving a request and replying takes the request with it; the library sends
+    it again (the DEALER reconnects to the restarted broker) instead of waiting out its timeout and reporting a
+    whole gap as lost."""
+    history = f"ipc://{tmp_path}/history"
+    context = zmq.Context()
+    dying = context.socket(zmq.ROUTER)  # stands for the history socket of a broker about to be SIGKILLed
+    dying.bind(history)
+    answers = []
+    with Subscriber([], history=history, history_timeout=60, context=context) as sub:
+        asking = threading.Thread(target=lambda: answers.append(sub.request("runs")))
+        asking.start()
+        assert dying.poll(30_000), "the request never reached the first broker"
+        dying.recv_multipart()
+        dying.close(linger=0)  # gone without a reply
+        replacement = context.socket(zmq.ROUTER)
+        replacement.bind(history)
+        assert replacement.poll(40_000), "the request was not sent again to the broker that replaced the first"
+        routing, request_id, empty, request = replacement.recv_multipart()
+        assert protocol.decode_json(request)["op"] == "runs"
+        replacement.send_multipart([routing, request_id, empty, *protocol.reply({"runs": []})])
+        asking.join(60)
+        replacement.close(linger=0)
+    context.term()
+    assert answers == [({"ok": True, "runs": []}, [])]
+
+
 def test_recv_timeout_bounds_the_whole_call_under_a_stream_of_repeats_and_garbage(tmp_path):
     context = zmq.Context()
     publisher = BoundPublisher(context, f"ipc://{tmp_path}/runner")

@@ -83,6 +83,9 @@ class Request:
 # A plan: yields Requests, is sent each reply's frames (None: no answer in time), returns its result.
 Plan = Generator[Request, "list[bytes] | None", Any]
 
+# A request unanswered this long (seconds) is sent again, then after twice as long each time (see Dialogue).
+RESEND_FIRST = 2.0
+
 # After a replay, how soon the history is asked again while no live message has come, doubling up to the cap.
 SEAM_POLL_FIRST = 0.5
 SEAM_POLL_MAX = 8.0
@@ -139,6 +142,7 @@ class Tracker:
         self.gaps: list[Gap] = []
         self.last_seq: dict[str, int] = {}
         self._revealed_by: Message | None = None  # the message after the gap being recovered
+        self._filling: dict[str, int] = {}  # publisher -> first seq of a gap being fetched (counted in last_seq)
         self._seam: _Seam | None = None
         self._history_trouble: str | None = None  # reported once until the history answers again
 
@@ -174,6 +178,7 @@ class Tracker:
             gap = Gap(msg.publisher, last + 1, msg.seq - 1)
             if self.recovers:
                 self._revealed_by = msg
+                self._filling[msg.publisher] = gap.first
                 return gap
             self.lost(gap)
         return msg
@@ -198,6 +203,7 @@ class Tracker:
                 self.lost(Gap(gap.publisher, first, seq - 1))
             first = seq + 1
         wanted = [found[seq] for seq in sorted(found) if found[seq].topic.startswith(self.prefixes)]
+        self._filling.pop(gap.publisher, None)  # from here on, ready accounts for what is not handed out
         self.counts.recovered += len(wanted)
         self.counts.received += len(wanted)
         self.ready.extend(wanted)
@@ -207,10 +213,13 @@ class Tracker:
         return len(wanted)
 
     def positions(self) -> dict[str, int]:
-        """``last_seq`` less what is still queued in ``ready`` (seen, not yet handed out)."""
+        """Per publisher, the last seq handed out or reported lost, with nothing before it left out:
+        ``last_seq`` less what is still queued in ``ready`` or being fetched from the history."""
         positions = dict(self.last_seq)
-        for msg in reversed(self.ready):  # oldest last: it decides
-            positions[msg.publisher] = msg.seq - 1
+        for publisher, first in self._filling.items():
+            positions[publisher] = min(positions.get(publisher, first - 1), first - 1)
+        for msg in self.ready:
+            positions[msg.publisher] = min(positions.get(msg.publisher, msg.seq - 1), msg.seq - 1)
         return positions
 
     def lost(self, gap: Gap) -> None:
@@ -278,6 +287,7 @@ class Tracker:
             if last is not None and pub["last_seq"] > last:
                 gaps.append(Gap(pub["publisher"], last + 1, pub["last_seq"]))
                 self.last_seq[pub["publisher"]] = pub["last_seq"]
+                self._filling.setdefault(pub["publisher"], last + 1)
         return gaps
 
     def due(self) -> Plan | None:
@@ -474,6 +484,12 @@ class Dialogue:
     back behind the same envelope, so a reply to a request that was given up (a timeout, an
     asyncio task cancelled mid-request) is recognised and dropped, and the socket stays usable.
 
+    A request without a reply is sent again, ``RESEND_FIRST`` seconds after it went out, then
+    after twice as long each time, until its ``timeout``: a broker killed or restarted while a
+    request was on its way loses it, and the DEALER's reconnection to the new broker carries the
+    next copy.  Requests only read, so a copy answered twice is harmless (the second reply is
+    dropped as stale).
+
         dialogue = Dialogue(plan, timeout=5.0)
         while not dialogue.done:
             if (frames := dialogue.outgoing()): dealer.send_multipart(frames)
@@ -491,20 +507,30 @@ class Dialogue:
         self._id = b""
         self._sent = False
         self.deadline = 0.0
+        self._resend_at = self._resend_wait = 0.0
         self._advance(None, first=True)
 
     def outgoing(self) -> list[bytes] | None:
-        """The frames to send now (each request once), or None."""
-        if self.done or self._sent:
+        """The frames to send now (a new request, or a copy of one unanswered for a while), or None."""
+        if self.done:
             return None
-        self._sent = True
-        self._id = b"%d" % next(self._ids)
-        self.deadline = self.clock() + self.timeout
+        now = self.clock()
+        if not self._sent:
+            self._sent = True
+            self._id = b"%d" % next(self._ids)
+            self.deadline = now + self.timeout
+            self._resend_wait = RESEND_FIRST
+        elif now < self._resend_at or now >= self.deadline:
+            return None
+        else:
+            self._resend_wait *= 2
+        self._resend_at = now + self._resend_wait
         return [self._id, b"", self._request.frame()]
 
     def wait_ms(self, until: float | None = None) -> int:
-        """How long to wait for the reply (ms), at most until ``until`` (clock time)."""
-        end = self.deadline if until is None else min(self.deadline, until)
+        """How long to wait for the reply (ms) before calling ``outgoing`` again, at most until
+        ``until`` (clock time)."""
+        end = min(self.deadline, self._resend_at) if until is None else min(self.deadline, self._resend_at, until)
         return max(0, int((end - self.clock()) * 1000))
 
     def incoming(self, frames: list[bytes]) -> None:
