@@ -9,6 +9,7 @@ import re
 import signal
 import socket
 import subprocess
+import threading
 
 import pytest
 import zmq
@@ -246,3 +247,18 @@ def test_history_dir_errors_give_one_line_and_a_non_zero_exit(tmp_path, history,
     assert "Traceback" not in result.stderr
     (line,) = result.stderr.strip().splitlines()
     assert says in line and ("--history" in line)
+
+
+def test_a_broker_whose_proxy_stopped_answering_still_stops_and_reports_its_last_counts(tmp_path, monkeypatch):
+    """The manager thread asks the proxy for statistics and never blocks on the answer: a proxy that has ended
+    (here: returns at once, as when libzmq's proxy fails) neither hangs ``stop()`` nor ``stats()``."""
+    monkeypatch.setattr(zmq, "proxy_steerable", lambda *sockets: None)
+    broker = Broker([f"ipc://{tmp_path}/f"], [f"ipc://{tmp_path}/b"], startup_grace=0).start()
+    assert broker.wait_forwarding(30)
+    manager = next(t for t in broker._threads if t.name == "zmq-emitter-manager")
+    manager.join(0.5)  # time for it to send STATISTICS, which nobody will answer
+    assert broker.stats().messages_in == 0
+    stopping = threading.Thread(target=broker.stop, daemon=True)
+    stopping.start()
+    stopping.join(30)
+    assert not stopping.is_alive() and not manager.is_alive(), "stop() hung on a proxy that never answers"
