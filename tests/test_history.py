@@ -26,7 +26,7 @@ def test_history_forgets_the_least_recently_active_run_beyond_its_run_bound():
 def test_history_reports_what_its_byte_bound_pushed_out_as_missing():
     history = History(max_runs=10, max_bytes=200)
     record(history, *(frames("a", seq, size=50) for seq in range(1, 11)))
-    messages, missing = history.replay("a")
+    messages, missing, _ = history.replay("a")
     kept = [protocol.envelope(m).seq for m in messages]
     assert kept == list(range(kept[0], 11)) and kept[0] > 1
     assert missing == [["p1", 1, kept[0] - 1]]
@@ -147,6 +147,6 @@ def test_the_journal_on_disk_stays_within_its_byte_bound(tmp_path):
     history.close()
     again = History(max_bytes=2**20)
     again.persist_to(tmp_path)
-    messages, missing = again.replay("a")
+    messages, missing, _ = again.replay("a")
     assert missing == [["p1", 1, protocol.envelope(messages[0]).seq - 1]]  # what the bound dropped is reported
     assert protocol.envelope(messages[-1]).seq == 1000

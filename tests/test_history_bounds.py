@@ -47,6 +47,6 @@ def test_replay_still_reports_what_a_retained_run_lost_after_its_publisher_sent_
     for seq in range(1, 11):
         message = frames("p1", seq, "a", kind="event", name="runner_on_ok", size=60)
         history.add(protocol.envelope(message), message)
-    messages, missing = history.replay("a")
+    messages, missing, _ = history.replay("a")
     first_kept = protocol.envelope(messages[0]).seq
     assert missing == [["p1", 1, first_kept - 1]] and first_kept > 1

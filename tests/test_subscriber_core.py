@@ -9,7 +9,8 @@ from consumer_helpers import message
 
 from zmq_emitter import protocol
 from zmq_emitter.broker.history import History
-from zmq_emitter.consumers.core import RESEND_FIRST, SEAM_POLL_FIRST, SEAM_POLL_MAX, Dialogue, Gap, Request, Tracker
+from zmq_emitter.consumers.core import (PENDING_WAIT, RESEND_FIRST, SEAM_POLL_FIRST, SEAM_POLL_MAX, Dialogue, Gap,
+                                       Pause, Request, Tracker)
 from zmq_emitter.consumers.link import Link
 
 P = "9999999999999999"
@@ -34,14 +35,18 @@ def run_message(seq: int, ident: str, final: bool = False) -> list[bytes]:
     return message(P, seq, "event", ident, "runner_on_ok")
 
 
-def drive(plan, history: History, asked: list | None = None):
-    """Run ``plan`` against ``history`` (its real answers); the plan's result."""
+def drive(plan, history: History, asked: list | None = None, on_pause=lambda pause: None):
+    """Run ``plan`` against ``history`` (its real answers; ``on_pause`` at each pause); the plan's result."""
     try:
         request = next(plan)
         while True:
             if asked is not None:
                 asked.append(request)
-            request = plan.send(history.answer(request.frame()))
+            if isinstance(request, Pause):
+                on_pause(request)
+                request = plan.send(None)
+            else:
+                request = plan.send(history.answer(request.frame()))
     except StopIteration as done:
         return done.value
 
@@ -135,6 +140,75 @@ def test_a_history_error_reply_counts_as_no_answer_said_once_and_the_revealing_m
     assert [seq for _, seq in handed_out(tracker)] == [5, 9]
     assert lost == [Gap(P, 2, 4), Gap(P, 6, 8)]
     assert len(told) == 1 and "not today" in told[0]  # said once, until the history answers well again
+
+
+def with_a_hole(history: History) -> None:
+    """Run "r" of P: seqs 1, 2, 5, 6 recorded; 3 and 4 a hole the broker asks P to send again (pending)."""
+    record(history, *(run_message(seq, "r") for seq in (1, 2, 5, 6)))
+    assert history.pending(P, 1, 6) == [[P, 3, 4]]
+
+
+def test_a_replay_waits_for_a_hole_the_publisher_is_sending_again_and_delivers_it_in_order():
+    history = History()
+    with_a_hole(history)
+    tracker = Tracker(recovers=True)
+    pauses = []
+
+    def publisher_resends(pause):
+        pauses.append(pause.seconds)
+        if len(pauses) == 2:  # it comes while the tracker waits
+            record(history, run_message(3, "r"), run_message(4, "r"))
+
+    assert drive(tracker.replay("r"), history, on_pause=publisher_resends) == 6
+    assert handed_out(tracker) == [("r", seq) for seq in range(1, 7)] and tracker.gaps == []
+    assert len(pauses) == 2
+
+
+def test_a_replay_reports_a_hole_given_up_as_lost_whether_given_up_before_or_while_it_waits():
+    for give_up_before in (True, False):
+        history = History()
+        with_a_hole(history)
+        if give_up_before:
+            history.give_up(P)
+        tracker, lost = Tracker(recovers=True), []
+        tracker.on_gap = lost.append
+        drive(tracker.replay("r"), history, on_pause=lambda pause: history.give_up(P))
+        assert handed_out(tracker) == [("r", 1), ("r", 2), ("r", 5), ("r", 6)]
+        assert lost == [Gap(P, 3, 4)], give_up_before
+
+
+def test_a_hole_still_pending_after_the_wait_is_reported_lost_and_a_gap_fetch_waits_for_it_likewise():
+    history = History()
+    with_a_hole(history)
+    tracker, lost, waited = Tracker(recovers=True), [], []
+    tracker.on_gap = lost.append
+    drive(tracker.replay("r"), history, on_pause=lambda pause: waited.append(pause.seconds))
+    assert lost == [Gap(P, 3, 4)] and sum(waited[:-1]) < PENDING_WAIT <= sum(waited)
+    # live: 1, 2 then 5 shows the gap 3..4, pending at the history, sent again while the tracker waits
+    history, tracker = History(), Tracker(recovers=True)
+    with_a_hole(history)
+    assert tracker.receive(run_message(1, "r")).seq == 1 and tracker.receive(run_message(2, "r")).seq == 2
+    plan = tracker.receive(run_message(5, "r"))
+    drive(plan, history, on_pause=lambda pause: record(history, run_message(3, "r"), run_message(4, "r")))
+    assert handed_out(tracker) == [("r", 3), ("r", 4), ("r", 5)] and tracker.gaps == []
+
+
+def test_a_dialogue_pauses_without_sending_and_drops_a_stale_reply_meanwhile():
+    clock = Clock()
+
+    def plan():
+        yield Pause(1.0)
+        return (yield Request("runs"))
+
+    dialogue = Dialogue(plan(), timeout=5.0, clock=clock)
+    assert dialogue.outgoing() is None and dialogue.wait_ms() == 1000
+    dialogue.incoming([b"", b"", b"stray"])
+    assert not dialogue.done
+    clock.now += 1.0
+    assert dialogue.expire() is False  # the pause is over: no new socket needed
+    identity, _, _ = dialogue.outgoing()
+    dialogue.incoming([identity, b"", b"answer"])
+    assert dialogue.done and dialogue.result == [b"answer"]
 
 
 def test_positions_leave_out_a_gap_still_being_fetched_and_the_message_that_revealed_it():

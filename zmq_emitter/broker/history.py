@@ -42,6 +42,8 @@ from .. import protocol
 from ..protocol import Envelope, ProtocolError
 from .journal import Journal
 
+GIVEN_UP_KEPT = 1000  # per publisher: the latest holes given up, reported by ``replay`` (``fetch`` needs none)
+
 
 @dataclasses.dataclass
 class RunInfo:
@@ -69,6 +71,8 @@ class PublisherInfo:
     missed: int = 0        # sequence numbers given up as lost (the publisher could not send them again)
     last_seq: int = 0      # the highest seq received
     holes: list = dataclasses.field(default_factory=list)  # [[first, last], ...] not received yet, in order
+    given_up: collections.deque = dataclasses.field(  # [first, last] holes given up as lost, the latest ones
+        default_factory=lambda: collections.deque(maxlen=GIVEN_UP_KEPT))
     closed: dict | None = None  # the publisher's own closing report, if it sent one
     retained: int = 0      # its messages in the history now
     runs: int = 0          # retained runs it published in
@@ -220,6 +224,7 @@ class History:
             return None
         first, last = pub.holes.pop(0)
         pub.missed += last - first + 1
+        pub.given_up.append([first, last])
         if not pub.holes:
             self.holey.discard(publisher)
             self._forget_publisher_if_idle(publisher)
@@ -275,12 +280,16 @@ class History:
     def runs(self) -> list[dict]:
         return [run.summary() for run in self._runs.values()]
 
-    def replay(self, ident: str, from_seq: int = 1) -> tuple[list[list[bytes]], list[list]]:
-        """One run's retained messages with seq >= from_seq, each publisher's in seq order, and per
-        publisher what is no longer retained."""
+    def replay(self, ident: str, from_seq: int = 1) -> tuple[list[list[bytes]], list[list], list[list]]:
+        """One run's retained messages with seq >= from_seq, each publisher's in seq order; per
+        publisher what is no longer retained or was given up (``missing``); and the holes the
+        broker is still asking its publishers for (``pending``: ask again later).
+
+        Holes are a publisher's, not a run's: with runs of one process interleaved, a hole in
+        the middle of this run's range may hold messages of the other run too."""
         run = self._runs.get(ident)
         if run is None:
-            return [], []
+            return [], [], []
         retained = [key for key in run.keys if key in self._messages]
         messages = [self._messages[key][1] for key in _in_seq_order(key for key in retained if key[1] >= from_seq)]
         missing = []
@@ -293,7 +302,13 @@ class History:
             end = first_retained.get(pub, self.publishers[pub].last_seq + 1) - 1
             if end >= start:
                 missing.append([pub, start, end])
-        return messages, missing
+        pending = []
+        for pub in run.first_seq:
+            info = self.publishers[pub]
+            start = max(run.first_seq[pub], from_seq)
+            missing.extend([pub, max(a, start), b] for a, b in info.given_up if b >= start)
+            pending.extend([pub, max(a, start), b] for a, b in info.holes if b >= start)
+        return messages, missing, pending
 
     def fetch(self, publisher: str, first: int, last: int) -> tuple[list[list[bytes]], list[list]]:
         """A publisher's retained messages first..last, and the ranges not retained and gone for good
@@ -333,8 +348,8 @@ class History:
                 return protocol.reply({"runs": self.runs(),
                                        "publishers": [p.summary(k) for k, p in self.publishers.items()]})
             if op == "replay":
-                messages, missing = self.replay(str(req["ident"]), int(req.get("from_seq", 1)))
-                return protocol.reply({"count": len(messages), "missing": missing}, messages)
+                messages, missing, pending = self.replay(str(req["ident"]), int(req.get("from_seq", 1)))
+                return protocol.reply({"count": len(messages), "missing": missing, "pending": pending}, messages)
             if op == "fetch":
                 pub, first, last = str(req["pub"]), int(req["first"]), int(req["last"])
                 messages, missing = self.fetch(pub, first, last)

@@ -80,8 +80,23 @@ class Request:
         return protocol.request(self.op, **self.fields)
 
 
-# A plan: yields Requests, is sent each reply's frames (None: no answer in time), returns its result.
-Plan = Generator[Request, "list[bytes] | None", Any]
+@dataclasses.dataclass(frozen=True)
+class Pause:
+    """Yielded by a plan instead of a request: wait ``seconds``, then go on (the plan is sent None)."""
+
+    seconds: float
+
+
+# A plan: yields Requests (or Pauses), is sent each reply's frames (None: no answer in time), returns its result.
+Plan = Generator["Request | Pause", "list[bytes] | None", Any]
+
+# Messages the history has not received yet but is asking their publisher for (``pending`` in its replies):
+# asked for again after PENDING_POLL_FIRST seconds, then twice as long each time, for PENDING_WAIT seconds in
+# all (more than the broker's own give-up time for a publisher that answers: see broker/acks.py); what is still
+# pending then is reported lost.
+PENDING_POLL_FIRST = 0.25
+PENDING_POLL_MAX = 4.0
+PENDING_WAIT = 15.0
 
 # A request unanswered this long (seconds) is sent again, then after twice as long each time (see Dialogue).
 RESEND_FIRST = 2.0
@@ -235,14 +250,37 @@ class Tracker:
         """Fetch ``gap`` from the history and queue it (then the message that revealed it);
         what the history does not return is reported lost.  Returns the number queued."""
         fetched: list[list[bytes]] = []
-        for first in range(gap.first, gap.last + 1, protocol.MAX_FETCH):
-            reply = yield Request("fetch", {"pub": gap.publisher, "first": first,
-                                            "last": min(gap.last, first + protocol.MAX_FETCH - 1)})
-            answer = self._answer(reply)
-            if answer is None:
-                break  # what was not fetched is reported as lost by fill
-            fetched.extend(answer[1])
-        return self.fill(gap, fetched)
+        pending = yield from self._fetch([gap], fetched)
+        yield from self._settle(pending, fetched)
+        return self.fill(gap, fetched)  # what was not fetched is reported as lost
+
+    def _fetch(self, gaps: list[Gap], fetched: list[list[bytes]]) -> Plan:
+        """Fetch ``gaps`` into ``fetched``; returns the ranges the history says are pending, or None
+        if it stopped answering (what was not fetched then is left out)."""
+        pending: list[Gap] = []
+        for gap in gaps:
+            for first in range(gap.first, gap.last + 1, protocol.MAX_FETCH):
+                last = min(gap.last, first + protocol.MAX_FETCH - 1)
+                reply = yield Request("fetch", {"pub": gap.publisher, "first": first, "last": last})
+                answer = self._answer(reply)
+                if answer is None:
+                    return None
+                fetched.extend(answer[1])
+                pending.extend(_within(_ranges_of(answer[0], "pending"), gap.publisher, first, last))
+        return pending
+
+    def _settle(self, pending: list[Gap] | None, fetched: list[list[bytes]]) -> Plan:
+        """Wait for ``pending`` ranges (the publisher is sending them again) and fetch them into
+        ``fetched`` as they come, for ``PENDING_WAIT`` seconds at most; the ranges still pending."""
+        wait, waited = PENDING_POLL_FIRST, 0.0
+        while pending and waited < PENDING_WAIT:
+            yield Pause(wait)
+            waited, wait = waited + wait, min(wait * 2, PENDING_POLL_MAX)
+            still = yield from self._fetch(list(_merge_ranges(pending, {})), fetched)
+            if still is None:
+                break  # the history stopped answering: what is not fetched stays missing
+            pending = still
+        return pending or []
 
     def replay(self, ident: str | None) -> Plan:
         """Queue the history of run ``ident`` (None: of every run) before live messages.
@@ -346,6 +384,7 @@ class Tracker:
         before = dict(self.last_seq)  # handed out or reported already: never reported again
         messages: list[list[bytes]] = []
         missing: list[Gap] = []
+        pending: list[Gap] = []
         for run in _runs_of(answer[0]):
             if ident is not None and run["ident"] != ident:
                 continue
@@ -356,7 +395,11 @@ class Tracker:
             answer = self._answer(reply)
             if answer is not None:
                 messages.extend(answer[1])
-                missing.extend(_missing_of(answer[0]))
+                missing.extend(_ranges_of(answer[0], "missing"))
+                for pub in run["publishers"]:  # (a history's word is not trusted beyond what it claims to hold)
+                    pending.extend(_within(_ranges_of(answer[0], "pending"), pub, 1, history_last.get(pub, 0)))
+        yield from self._settle(pending, messages)
+        missing.extend(pending)  # what of it did not come (given up, or still pending after the wait): lost
         missing = [Gap(g.publisher, max(g.first, before.get(g.publisher, 0) + 1), g.last) for g in missing
                    if g.last > before.get(g.publisher, 0)]
         return self._queue_merged(messages, missing)
@@ -421,11 +464,18 @@ def _publishers_of(info: dict) -> list[dict]:
             and _is_seq(pub.get("last_seq"), zero=True)] if isinstance(publishers, list) else []
 
 
-def _missing_of(info: dict) -> list[Gap]:
-    missing = info.get("missing")
-    return [Gap(*item) for item in missing if isinstance(item, list) and len(item) == 3
+def _ranges_of(info: dict, field: str) -> list[Gap]:
+    """The ranges ``[[pub, first, last], ...]`` of a reply's ``missing`` or ``pending``."""
+    ranges = info.get(field)
+    return [Gap(*item) for item in ranges if isinstance(item, list) and len(item) == 3
             and isinstance(item[0], str) and _is_seq(item[1]) and _is_seq(item[2]) and item[1] <= item[2]
-            ] if isinstance(missing, list) else []
+            ] if isinstance(ranges, list) else []
+
+
+def _within(ranges: list[Gap], publisher: str, first: int, last: int) -> list[Gap]:
+    """The parts of ``ranges`` of ``publisher`` inside first..last."""
+    return [Gap(publisher, max(g.first, first), min(g.last, last)) for g in ranges
+            if g.publisher == publisher and g.last >= first and g.first <= last]
 
 
 def _is_seq(value: Any, zero: bool = False) -> bool:
@@ -512,7 +562,7 @@ class Dialogue:
 
     def outgoing(self) -> list[bytes] | None:
         """The frames to send now (a new request, or a copy of one unanswered for a while), or None."""
-        if self.done:
+        if self.done or isinstance(self._request, Pause):
             return None
         now = self.clock()
         if not self._sent:
@@ -535,20 +585,27 @@ class Dialogue:
 
     def incoming(self, frames: list[bytes]) -> None:
         """Frames the DEALER received: the reply to this request, or a stale one (dropped)."""
-        if self.done or not self._sent or len(frames) < 2 or frames[0] != self._id or frames[1] != b"":
+        if (self.done or not self._sent or isinstance(self._request, Pause) or len(frames) < 2
+                or frames[0] != self._id or frames[1] != b""):
             return
         self._advance(frames[2:])
 
     def expire(self) -> bool:
-        """If the current request has waited its ``timeout``, give it up (the plan gets None). True if so."""
+        """At the end of a pause, go on (False); if the current request has waited its ``timeout``,
+        give it up (the plan gets None) and return True: the shell opens a new DEALER."""
         if self.done or not self._sent or self.clock() < self.deadline:
             return False
+        paused = isinstance(self._request, Pause)
         self._advance(None)
-        return True
+        return not paused
 
     def _advance(self, reply: list[bytes] | None, first: bool = False) -> None:
         try:
             self._request = next(self.plan) if first else self.plan.send(reply)
-            self._sent = False
         except StopIteration as stop:
             self.done, self.result, self._request = True, stop.value, None
+            return
+        self._sent = False
+        if isinstance(self._request, Pause):  # nothing to send: wait until its end, as for a reply
+            self._sent, self._id = True, b""
+            self.deadline = self._resend_at = self.clock() + self._request.seconds
