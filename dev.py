@@ -49,6 +49,34 @@ def ensure_node_example() -> None:
         stamp.write_text(digest)
 
 
+# What tests need from Debian: a check (a command on PATH, or a file) -> the package that provides it.
+# Installed when missing and this is root; otherwise the tests that need them skip, saying why.
+DEBIAN = {
+    "cc": "gcc", "pkg-config": "pkg-config",  # the C subscriber example, built by its test
+    "/usr/include/zmq.h": "libzmq3-dev", "/usr/include/cjson/cJSON.h": "libcjson-dev",
+    "/usr/include/msgpack.h": "libmsgpack-dev",
+}
+
+
+def ensure_debian_packages() -> None:
+    missing = sorted({package for check, package in DEBIAN.items()
+                      if not (Path(check).exists() if check.startswith("/") else shutil.which(check))})
+    if not missing:
+        return
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        print(f"dev.py: not root or no apt-get: {' '.join(missing)} not installed; the tests that need them will "
+              "say why they skip", file=sys.stderr)
+        return
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    install = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing]
+    quiet = {"stdout": subprocess.DEVNULL, "env": env}
+    if subprocess.call(install, **quiet) != 0:  # package lists missing or stale: fetch them once, try again
+        subprocess.call(["apt-get", "update", "-qq"], **quiet)
+        if subprocess.call(install, **quiet) != 0:
+            print(f"dev.py: apt-get could not install {' '.join(missing)}; the tests that need them will say why "
+                  "they skip", file=sys.stderr)
+
+
 def main() -> None:
     command, args = (sys.argv[1], sys.argv[2:]) if len(sys.argv) > 1 else ("", [])
     if command not in ("demo", "test", "bench"):
@@ -59,6 +87,7 @@ def main() -> None:
         argv = [str(VENV / "bin" / "zmq-emitter"), "demo", *args]
     elif command == "test":
         ensure_node_example()
+        ensure_debian_packages()
         argv = [str(PYTHON), "-m", "pytest", *args]
     else:
         argv = [str(PYTHON), str(ROOT / "benchmarks" / "run.py"), *args]

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -259,32 +260,63 @@ def test_rogue_publisher_garbage_is_skipped_and_counted_by_both_subscribers(tmp_
         broker.stop()
 
 
-def _example_run(tmp_path, broker_process, argv: list[str], ident: str, codec: str = "json"):
-    """Run a subscriber example against one real run; its stdout lines decoded, and the project."""
-    example = subprocess.Popen(argv + [broker_process.backend, "--until-done"], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
-    lines: list[dict] = []
-    reader = threading.Thread(target=lambda: lines.extend(map(json.loads, example.stdout)), daemon=True)
-    reader.start()
-    try:
-        # The example's subscription must reach the broker before the run starts: probes until it prints one.
-        with RawPublisher(broker_process.frontend) as prober:
+class Example:
+    """A subscriber example running with ``--until-done`` against a broker, its stdout lines decoded as they come;
+    started once its subscription has reached the broker (probes until it prints one)."""
+
+    def __init__(self, argv: list[str], broker_process, prober: RawPublisher | None = None):
+        self.proc = subprocess.Popen(argv + [broker_process.backend, "--until-done"], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+        self.lines: list[dict] = []
+        self.reader = threading.Thread(target=lambda: self.lines.extend(map(json.loads, self.proc.stdout)),
+                                       daemon=True)
+        self.reader.start()
+        with contextlib.ExitStack() as stack:
+            prober = prober or stack.enter_context(RawPublisher(broker_process.frontend))
             deadline = time.monotonic() + 30
-            while not any(line["topic"] == "event/probe/probe" for line in list(lines)):
-                assert example.poll() is None and time.monotonic() < deadline, example.stderr.read()
+            while not any(line["topic"] == "event/probe/probe" for line in list(self.lines)):
+                assert self.proc.poll() is None and time.monotonic() < deadline, self.proc.stderr.read()
                 prober.send("probe", "probe", {"probe": True})
                 time.sleep(0.02)  # the probes' pace
-        project, run = start_run(tmp_path, ident, broker_process.frontend, codec, "web2")
-        assert run.wait(timeout=120) == 2, run.stderr.read()
-        example.wait(timeout=30)
-        reader.join(10)
-        err = example.stderr.read()
-    finally:
-        if example.poll() is None:
-            example.kill()
-            example.wait()
-    assert example.returncode == 0, err
-    return lines, project, err
+
+    def finish(self) -> str:
+        """Wait for its exit (status 0 asserted); its stderr."""
+        try:
+            self.proc.wait(timeout=30)
+            self.reader.join(10)
+            err = self.proc.stderr.read()
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+        assert self.proc.returncode == 0, err
+        return err
+
+
+def _example_run(tmp_path, broker_process, argv: list[str], ident: str, codec: str = "json"):
+    """Run a subscriber example against one real run; its stdout lines decoded, the project, its stderr."""
+    example = Example(argv, broker_process)
+    project, run = start_run(tmp_path, ident, broker_process.frontend, codec, "web2")
+    assert run.wait(timeout=120) == 2, run.stderr.read()
+    return example.lines, project, example.finish()
+
+
+def hostile_to_examples() -> list[list[bytes]]:
+    """``garbage()`` and what a client written literally from docs/protocol.md tripped on: headers and payloads of
+    the wrong JSON type, pub and seq of the wrong type, nesting deeper than any parser's stack."""
+    topic = protocol.topic("status", "hostile", "running")
+    header = lambda pub, seq: b'{"v":1,"codec":"json","pub":%s,"seq":%s}' % (pub, seq)  # noqa: E731
+    return garbage() + [
+        [topic, b'["v", 1]', b"{}"], [topic, b'"v1"', b"{}"], [topic, b"null", b"{}"],
+        [topic, header(b'["a"]', b"1"), b"{}"], [topic, header(b"5", b"1"), b"{}"],
+        [topic, header(b'"eeeeeeeeeeeeeeee"', b'"1"'), b"{}"], [topic, header(b'"eeeeeeeeeeeeeeee"', b"1.5"), b"{}"],
+        [topic, header(b'"eeeeeeeeeeeeeeee"', b"true"), b"{}"], [topic, header(b'"eeeeeeeeeeeeeeee"', b"-1"), b"{}"],
+        [topic, header(b'"eeeeeeeeeeeeeeee"', b"1e400"), b"{}"],
+        [topic, header(b'"eeeeeeeeeeeeeeee"', b"1"), b"[1, 2]"], [topic, header(b'"eeeeeeeeeeeeeeee"', b"2"), b'"x"'],
+        [topic, header(b'"eeeeeeeeeeeeeeee"', b"3"), b"[" * 100_000 + b"]" * 100_000],
+        [topic, protocol.header_prefix("msgpack", "eeeeeeeeeeeeeeee") + b"4}", b"\x91" * 100_000 + b"\xc0"],
+        [topic, protocol.header_prefix("msgpack", "eeeeeeeeeeeeeeee") + b"5}", msgpack.packb([1])],
+    ]
 
 
 def _check_example_output(lines, project, ident):
@@ -314,6 +346,55 @@ def test_node_example_receives_a_real_run(tmp_path, broker_process):
     lines, project, _ = _example_run(tmp_path, broker_process, [NODE, str(EXAMPLES / "node" / "subscribe.mjs")],
                                      "node-example")
     _check_example_output(lines, project, "node-example")
+
+
+C_LIBS = ("libzmq", "libcjson", "msgpack")
+
+
+@pytest.fixture(scope="module")
+def c_example(tmp_path_factory) -> str:
+    """subscriber_examples/c built with the system's compiler and Debian's libzmq3-dev, libcjson-dev,
+    libmsgpack-dev (`python3 dev.py test` installs them when it runs as root)."""
+    compiler, pkg_config = shutil.which("cc"), shutil.which("pkg-config")
+    flags = subprocess.run([pkg_config, "--cflags", "--libs", *C_LIBS], capture_output=True, text=True) \
+        if compiler and pkg_config else None
+    if flags is None or flags.returncode != 0:
+        pytest.skip("needs cc, pkg-config and libzmq3-dev libcjson-dev libmsgpack-dev (`python3 dev.py test` installs "
+                    f"them as root): {flags.stderr.strip() if flags else 'no cc or pkg-config'}")
+    binary = tmp_path_factory.mktemp("c-example") / "subscribe"
+    build = subprocess.run([compiler, "-O2", "-Wall", "-Wextra", "-Werror", "-o", str(binary),
+                            str(EXAMPLES / "c" / "subscribe.c"), *flags.stdout.split()], capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr
+    return str(binary)
+
+
+@pytest.mark.parametrize("codec", ["json", "msgpack"])
+def test_c_example_receives_a_real_run_in_either_codec(tmp_path, broker_process, c_example, codec):
+    lines, project, _ = _example_run(tmp_path, broker_process, [c_example], f"c-example-{codec}", codec)
+    _check_example_output(lines, project, f"c-example-{codec}")
+
+
+EXAMPLE_ARGV = {"python": lambda: [sys.executable, str(EXAMPLES / "python" / "subscribe.py")],
+                "node": lambda: [NODE, str(EXAMPLES / "node" / "subscribe.mjs")]}
+
+
+@pytest.mark.parametrize("example", ["python", "node", "c"])
+def test_every_example_skips_hostile_bytes_and_goes_on(request, broker_process, example):
+    """No bytes on the wire crash an example: each hostile message is skipped (said on stderr), and the valid
+    messages after them (one with ``event_data: null``, then a final status) are printed."""
+    if example == "node" and not (NODE and NODE_ZEROMQ.is_dir()):
+        pytest.skip("needs node and npm (`python3 dev.py test` runs `npm ci` in subscriber_examples/node)")
+    argv = [request.getfixturevalue("c_example")] if example == "c" else EXAMPLE_ARGV[example]()
+    with RawPublisher(broker_process.frontend) as rogue:
+        running = Example(argv, broker_process, prober=rogue)  # (its probes put the rogue's path in place)
+        for frames in hostile_to_examples():
+            rogue.send_frames(frames)
+        rogue.send("hostile", "runner_on_ok", {"event": "runner_on_ok", "event_data": None})
+        rogue.send("hostile", "failed", {"status": "failed", "runner_ident": "hostile"}, kind="status")
+        err = running.finish()
+    printed = [line["topic"] for line in running.lines if line["topic"] != "event/probe/probe"]
+    assert printed == ["event/hostile/runner_on_ok", "status/hostile/failed"], err
+    assert err.count("skipped") >= len(hostile_to_examples()) - 2, err  # (two are duplicates of a seq, not skips)
 
 
 def test_positions_count_only_what_was_handed_out_not_what_waits_in_the_queue():
