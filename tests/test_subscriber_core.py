@@ -10,7 +10,7 @@ from consumer_helpers import message
 from zmq_emitter import protocol
 from zmq_emitter.broker.history import History
 from zmq_emitter.consumers.core import RESEND_FIRST, SEAM_POLL_FIRST, SEAM_POLL_MAX, Dialogue, Gap, Request, Tracker
-from zmq_emitter.consumers.link import Link
+from zmq_emitter.link import Link
 
 P = "9999999999999999"
 
