@@ -158,3 +158,29 @@ def test_a_bad_upstream_setting_is_refused_with_the_option_named_and_no_tracebac
     assert result.returncode in (1, 2)
     assert says in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_what_the_edge_history_forgot_before_the_central_had_it_is_logged_with_its_range_never_silent(tmp_path):
+    """The bound of the hop: the edge's history.  The central, away, comes back after the edge forgot the start."""
+    (tmp_path / "central").mkdir()
+    central_frontend = f"ipc://{tmp_path}/central/f"
+    edge = BrokerProcess(f"ipc://{tmp_path}/ef", f"ipc://{tmp_path}/eb", "--startup-grace", "0",
+                         "--history-bytes", "5000", "--upstream", central_frontend)
+    central = None
+    try:
+        with Subscriber([edge.backend]) as near, RawPublisher(edge.frontend) as runner:
+            runner.until_received(near)
+            for step in range(1, 51):
+                runner.send("bounded", "step", {"step": step, "pad": "x" * 200})
+            assert [m.seq for m in receive(near, 50, "bounded")] == list(range(1, 51))
+        central = BrokerProcess(central_frontend, f"ipc://{tmp_path}/central/b", "--startup-grace", "1")
+        with Subscriber([central.backend]) as far:
+            got = [m.seq for m in receive(far, 50, "bounded", timeout=5)]
+        wait_until(lambda: "forgotten by this broker's history" in edge.stderr(), 10, 0.1, "the loss was logged")
+    finally:
+        edge.stop()
+        if central is not None:
+            central.stop()
+    assert got and got[-1] == 50 and got == list(range(got[0], 51))  # what the edge still had, in order
+    lost = [line for line in edge.log if "forgotten by this broker's history" in line and "feedfacecafebeef" in line]
+    assert len(lost) == 1 and f"publisher feedfacecafebeef seq 1..{got[0] - 1} " in lost[0]
