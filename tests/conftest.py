@@ -23,7 +23,7 @@ from typing import Callable, Iterable
 import pytest
 import zmq
 
-from zmq_emitter import protocol
+from zmq_emitter import protocol, security
 from zmq_emitter.broker import Broker
 from zmq_emitter.demo import PROJECT
 from zmq_emitter.consumers.subscriber import Subscriber
@@ -226,11 +226,13 @@ class RawPublisher:
     """
 
     def __init__(self, endpoint: str, pub_id: str = "feedfacecafebeef", *, context: zmq.Context | None = None,
-                 linger: int = 1000):
+                 linger: int = 1000, curve: security.ClientCurve | None = None):
         self._own_context = context is None
         self.context = context or zmq.Context()
         self.sock = self.context.socket(zmq.PUB)
         self.sock.setsockopt(zmq.LINGER, linger)
+        if curve is not None:  # a CURVE client of a broker with CURVE
+            curve.apply(self.sock)
         self.sock.connect(endpoint)
         self.pub_id, self.seq = pub_id, 0
         self.probe_pub, self._probes = secrets.token_hex(8), 0  # never a test's publisher

@@ -19,7 +19,7 @@ from consumer_helpers import message
 from zmq_emitter import protocol
 from zmq_emitter.consumers import tail
 from zmq_emitter.consumers.core import Dialogue, Tracker
-from zmq_emitter.consumers.link import Link
+from zmq_emitter.link import Link
 
 FUZZ = settings(max_examples=1000, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 

@@ -11,7 +11,7 @@ from zmq_emitter import protocol
 from zmq_emitter.broker.history import History
 from zmq_emitter.consumers.core import (PENDING_WAIT, RESEND_FIRST, SEAM_POLL_FIRST, SEAM_POLL_MAX, Dialogue, Gap,
                                        Pause, Request, Tracker)
-from zmq_emitter.consumers.link import Link
+from zmq_emitter.link import Link
 
 P = "9999999999999999"
 

@@ -73,19 +73,27 @@ def broker(
     name: Optional[str] = typer.Option(None, "--name",
                                        help="The name runners know this broker by, the same across its restarts "
                                             "(default: derived from this host's name and --frontend)."),
+    upstream: List[str] = typer.Option([], "--upstream",
+                                       help="Frontend endpoint(s) of central broker(s), comma-separated: this edge "
+                                            "broker forwards everything to them too (docs/operations.md)."),
+    upstream_server_key: Optional[str] = typer.Option(
+        None, "--upstream-server-key", help="The central broker's public key (.key file or z85 text): CURVE on the "
+                                            "upstream link, as a client with --curve-secret-key-file's key pair."),
 ) -> None:
     """Run a broker in the foreground until SIGINT or SIGTERM."""
     curve, mode = _broker_security(curve_secret_key_file, publisher_keys, subscriber_keys, ipc_mode)
     history_endpoints = [] if _split(history) == ["none"] else _split(history)
     if history_dir is not None and not history_endpoints:
         _fail("--history-dir needs the history service: drop --history none", 2)
+    upstream_endpoints, upstream_curve = _upstream(_split(upstream), upstream_server_key, curve)
     if name is not None and not name.strip():
         _fail("--name: give a non-empty name (or leave it out for the default)", 2)
     held_logs = _HeldLogs()
     instance = broker_module.Broker(_split(frontend), _split(backend), history_endpoints,
                                     history_runs=history_runs, history_bytes=history_bytes, history_dir=history_dir,
                                     max_message_size=max_message_size,
-                                    startup_grace=startup_grace, curve=curve, ipc_mode=mode, name=name)
+                                    startup_grace=startup_grace, curve=curve, ipc_mode=mode, name=name,
+                                    upstream=upstream_endpoints, upstream_curve=upstream_curve)
     try:
         instance.start()
     except broker_module.BrokerError as exc:
@@ -99,6 +107,9 @@ def broker(
                f"history at {', '.join(instance.history_endpoints) or 'none'}"
                + (f", on disk in {history_dir} ({instance.history_loaded} messages loaded)"
                   if history_dir else ""), err=True)
+    if upstream_endpoints:
+        typer.echo(f"zmq-emitter broker: forwarding upstream to {', '.join(upstream_endpoints)}"
+                   + (" (CURVE)" if upstream_curve else ""), err=True)
     if curve is not None:
         typer.echo(f"zmq-emitter broker: CURVE on, public key {curve.pair.public.decode()}; publishers: "
                    f"{curve.publisher_keys or 'any key'}; subscribers: {curve.subscriber_keys or 'any key'}", err=True)
@@ -219,6 +230,26 @@ def _broker_security(secret_key_file: str | None, publisher_keys: str | None, su
         return security.ServerCurve.load(secret_key_file, publisher_keys, subscriber_keys), mode
     except security.SecurityError as exc:
         _fail(str(exc), 2)
+
+
+def _upstream(endpoints: List[str], server_key: str | None, curve: security.ServerCurve | None):
+    """The checked --upstream endpoints and the CURVE client set-up of the link (None: plain)."""
+    for endpoint in endpoints:
+        problem = check_endpoint(endpoint, bind=False)
+        if problem:
+            _fail(f"--upstream {endpoint!r}: {problem} (a central broker's frontend, e.g. "
+                  "tcp://central.example:5557)", 2)
+    if not endpoints:
+        if server_key:
+            _fail("--upstream-server-key needs --upstream (the central broker's frontend endpoint)", 2)
+        return [], None
+    if not server_key:
+        return endpoints, None
+    try:  # the edge's own key pair (its --curve-secret-key-file), else a key of the moment: encrypted only
+        return endpoints, security.ClientCurve(security.load_public_key(server_key),
+                                               curve.pair if curve is not None else None)
+    except security.SecurityError as exc:
+        _fail(f"--upstream-server-key: {exc}", 2)
 
 
 @app.command()

@@ -50,6 +50,7 @@ from .. import protocol, security
 from .acks import Acknowledgements
 from .history import History
 from .journal import JournalLocked
+from .upstream import Upstream, UpstreamStats
 
 DEFAULT_FRONTEND = "tcp://127.0.0.1:5557"
 DEFAULT_BACKEND = "tcp://127.0.0.1:5558"
@@ -110,13 +111,17 @@ class Broker:
                  history_runs: int = 100, history_bytes: int = 64 * 2**20, history_dir: str | None = None,
                  capture_hwm: int = 100_000,
                  curve: security.ServerCurve | None = None, ipc_mode: int | None = security.DEFAULT_IPC_MODE,
-                 name: str | None = None):
+                 name: str | None = None, upstream: Iterable[str] = (),
+                 upstream_curve: security.ClientCurve | None = None):
         self.curve = curve          # CURVE on both sides, clients checked by ZAP (security.py)
         self.ipc_mode = ipc_mode    # permissions of bound ipc:// socket files; None leaves the umask's
         self._auth: security.Authenticator | None = None
         self.frontend_endpoints = list(frontend)
         self.backend_endpoints = list(backend)
         self.history_endpoints = list(history)  # the history service (REP); none: no history, no acks
+        self.upstream_endpoints = list(upstream)  # central brokers' frontends this edge forwards to (upstream.py)
+        self._upstream_curve = upstream_curve
+        self._upstream: Upstream | None = None
         self.history = History(history_runs, history_bytes)
         self.history_dir = history_dir  # the history on disk too: a restarted broker starts with it
         self.history_loaded = 0         # messages loaded from history_dir at start
@@ -156,6 +161,9 @@ class Broker:
         return self
 
     def _start(self) -> None:
+        if self.upstream_endpoints and not self.history_endpoints:
+            raise BrokerError("--upstream needs the history (the edge sends the central broker what its history "
+                              "recorded, and again what the central did not acknowledge): drop --history none")
         if self.history_dir is not None and self.history_endpoints:
             try:
                 self.history_loaded = self.history.persist_to(self.history_dir)
@@ -210,6 +218,13 @@ class Broker:
             backend.bind(f"inproc://backend-{self._name}")
             self._acker = ctx.socket(zmq.XSUB)
             self._acker.connect(f"inproc://backend-{self._name}")
+            if self.upstream_endpoints:
+                try:
+                    self._upstream = Upstream(ctx, self.upstream_endpoints, name=self.name, sndhwm=self._sndhwm,
+                                              curve=self._upstream_curve)
+                except zmq.ZMQError as exc:
+                    raise BrokerError(f"cannot connect to upstream endpoints {self.upstream_endpoints} "
+                                      f"(--upstream): {exc}") from None
             self._threads.append(threading.Thread(target=self._run_history, name="zmq-emitter-history", daemon=True))
         for thread in self._threads:
             thread.start()
@@ -256,6 +271,9 @@ class Broker:
             sock = getattr(self, name, None)
             if sock is not None:
                 sock.close(linger=0)
+        if self._upstream is not None:
+            self._upstream.close()
+            self._upstream = None
         if self._auth is not None:
             self._auth.stop()
             self._auth = None
@@ -278,6 +296,14 @@ class Broker:
     def stats(self) -> Stats:
         with self._stats_lock:
             return dataclasses.replace(self._stats)
+
+    def upstream_stats(self) -> UpstreamStats | None:
+        """The link to the central broker(s) of an edge broker (``--upstream``); None without one.
+
+        >>> # Broker(..., upstream=["tcp://central:5557"]).upstream_stats().backlog
+        """
+        upstream = self._upstream
+        return upstream.stats() if upstream is not None else None
 
     # -- threads ------------------------------------------------------------------------
 
@@ -349,9 +375,13 @@ class Broker:
         """Owns the capture, acknowledgement and history sockets; the only thread touching ``history``."""
         captured, replier, acker, history = self._captured, self._replier, self._acker, self.history
         acknowledgements = Acknowledgements(history, self.name, self._token)
+        upstream = self._upstream
+        heard: set[str] = set()  # publishers with messages new to the history since the last pump upstream
         poller = zmq.Poller()
         poller.register(captured, zmq.POLLIN)
         poller.register(replier, zmq.POLLIN)
+        if upstream is not None:
+            poller.register(upstream.socket, zmq.POLLIN)
 
         def record(batch: int | None) -> None:
             """Record captured copies: ``batch`` of them at most, or all there are (None)."""
@@ -368,11 +398,12 @@ class Broker:
                     env = protocol.envelope(frames)
                 except protocol.ProtocolError:
                     continue
-                history.add(env, frames)
+                if history.add(env, frames):
+                    heard.add(env.publisher)
                 acknowledgements.heard(env.publisher)
 
         while not self._stopping.is_set():
-            ready = dict(poller.poll(100))
+            ready = dict(poller.poll(10 if upstream is not None and upstream.more else 100))
             if captured in ready:
                 record(500)  # a small batch, then acknowledge: publishers free their buffers sooner
             if replier in ready:
@@ -388,6 +419,10 @@ class Broker:
             ack = acknowledgements.due(now)
             if ack is not None:
                 acker.send(protocol.ack_frame(ack))
+            if upstream is not None:  # what is new goes up too; never blocks (upstream.py)
+                upstream.read()
+                upstream.pump(history, now, heard)
+                heard.clear()
         history.close()
 
     def _write_journal(self, now: float) -> bool:

@@ -328,6 +328,11 @@ class History:
                 missing.append([publisher, seq, seq])
         return messages, missing
 
+    def get(self, publisher: str, seq: int) -> list[bytes] | None:
+        """The frames of one retained message, or None (not received, or forgotten)."""
+        entry = self._messages.get((publisher, seq))
+        return entry[1] if entry is not None else None
+
     def pending(self, publisher: str, first: int, last: int) -> list[list]:
         """The ranges of first..last not received yet that the publisher is asked to send again."""
         pub = self.publishers.get(publisher)

@@ -1,7 +1,6 @@
 """The consumers: what reads the bus.
 
 - ``core``        the sans-I/O core: ``Tracker`` (messages, gaps, history dialogues), ``Dialogue``
-- ``link``        the connections' health, from socket-monitor events (sans-I/O): ``Link``
 - ``subscriber``  the library: ``Subscriber`` / ``AsyncSubscriber``, thin shells around the core
 - ``tail``        the terminal view (``zmq-emitter tail``)
 

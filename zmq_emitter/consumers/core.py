@@ -10,7 +10,7 @@ frames between sockets and this core and wait; every decision is made here, once
   ``recover``, ``due``) are generators that yield a ``Request`` and are sent its reply's frames
   (None: no answer in time).  A shell drives one with ``Dialogue``: it sends what
   ``Dialogue.outgoing`` gives, hands back what arrives, and says when the time is up.
-- (``link.py`` watches the connections: refused handshakes, unreachable endpoints.)
+- (``zmq_emitter/link.py`` watches the connections: refused handshakes, unreachable endpoints.)
 
 A plan driven by hand, as the shells (and the tests) do::
 

@@ -23,7 +23,7 @@ Nothing missed, or told exactly what (docs/reliability.md)::
     sub.gaps                  # what the history no longer held: publisher and seq range
 
 The logic lives once, in sans-I/O cores (``core.py``: ``Tracker`` for decoding, duplicates,
-gaps and the history dialogues, ``Dialogue`` for requests and replies; ``link.py``: ``Link``
+gaps and the history dialogues, ``Dialogue`` for requests and replies; ``zmq_emitter/link.py``: ``Link``
 for the connections' health); ``Subscriber`` and ``AsyncSubscriber`` only move frames and wait.  A
 message that does not decode is counted and skipped, never raised: a subscriber survives any
 bytes on its socket, and any reply from a history service.
@@ -41,7 +41,7 @@ from zmq.utils.monitor import parse_monitor_message
 from .. import protocol, security
 from ..protocol import Message, ProtocolError
 from .core import Counts, Dialogue, Gap, Plan, Request, Tracker, _warn
-from .link import MONITOR_EVENTS, Link
+from ..link import MONITOR_EVENTS, Link
 
 __all__ = ["AsyncSubscriber", "Counts", "Gap", "Subscriber", "Tracker", "subscriptions", "DEFAULT_ENDPOINT"]
 

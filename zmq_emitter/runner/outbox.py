@@ -19,17 +19,15 @@ asked what to send next.
 
 The rules (docs/reliability.md):
 
-- Brokers are known by name (``protocol.Presence``): present while their presence
-  subscription is there, away after it went.  Once a broker is known, a sent message is
-  kept until every known broker, present or away, has acknowledged it.
+- Brokers are known by name (``protocol.Presence``; ``known_brokers.py``, shared with an
+  edge broker's upstream link): present while their presence subscription is there, away
+  after it went.  Once a broker is known, a sent message is kept until every known broker,
+  present or away, has acknowledged it.
 - A new connection (a data subscription arriving) gets again, in order and before
   anything newer, everything kept after the lowest position of any known broker: a broker
   that appears or comes back gets what it missed; the others get exact repeats.
 - An acknowledgement counts only with the token of the one presence its broker's name
-  holds.  Two presences claiming one name at once (a subscriber can send presence-shaped
-  subscriptions, which brokers pass upstream) make that name's acknowledgements count for
-  nothing until one claim goes away: never released by a forged acknowledgement, at worst
-  kept longer.  An acknowledgement beyond what was sent is ignored.
+  holds (``known_brokers.py``).  An acknowledgement beyond what was sent is ignored.
 - The buffer bounds push out the oldest: ``unconfirmed`` if it had been sent, ``dropped``
   if not.
 - A payload over ``limit`` (the setting, or a smaller size a present broker announced) is
@@ -38,17 +36,16 @@ The rules (docs/reliability.md):
 from __future__ import annotations
 
 import collections
-import dataclasses
 import logging
 from typing import Callable, Iterable, NamedTuple
 
 from .. import protocol
+from ..known_brokers import KnownBrokers
 from . import oversize
 
 log = logging.getLogger("zmq_emitter")
 
 MIN_ANNOUNCED_SIZE = 64 * 1024  # an announced max_message_size below this is ignored (a forged presence could shrink every event)
-MAX_BROKERS = 16                # names beyond this are ignored (forged presences cannot grow memory)
 _MAX_WARNINGS = 100
 
 
@@ -85,25 +82,6 @@ class Stream:
         return [*self.sent, *self.unsent]
 
 
-@dataclasses.dataclass(eq=False)
-class Broker:
-    """A broker that acknowledges, as this outbox knows it."""
-
-    name: str
-    claims: dict[str, int] = dataclasses.field(default_factory=dict)  # token -> max_message_size, while subscribed
-    acked: dict[str, int] = dataclasses.field(default_factory=dict)   # pub -> highest seq it acknowledged
-    acknowledged: bool = False  # it has acknowledged something: worth waiting for at exit if away
-
-    @property
-    def present(self) -> bool:
-        return bool(self.claims)
-
-    @property
-    def token(self) -> str | None:
-        """The token its acknowledgements must carry; None while away or while two claims conflict."""
-        return next(iter(self.claims)) if len(self.claims) == 1 else None
-
-
 class Outbox:
     """Sequence numbers, the bounded buffer, brokers and their acknowledgements, for one publisher.
 
@@ -128,11 +106,11 @@ class Outbox:
         self.retaining = False
         self.closed = False
         self.after_close = 0  # handed over after close(): dropped
-        self.brokers: dict[str, Broker] = {}
         self._subscriptions: set[bytes] = set()
         self._sending: Stream | None = None
         self._warn = warn or log.warning
         self._warned: set = set()
+        self.brokers = KnownBrokers(self._warn_once, "zmq_emitter: ")
 
     # -- state the Publisher asks about ---------------------------------------------------
 
@@ -251,20 +229,9 @@ class Outbox:
                 self._acknowledge(ack)
 
     def _arrive(self, presence: protocol.Presence) -> None:
-        broker = self.brokers.get(presence.broker)
-        if broker is None:
-            if len(self.brokers) >= MAX_BROKERS:
-                self._warn_once(("brokers",), f"zmq_emitter: more than {MAX_BROKERS} broker names announced; "
-                                              f"ignoring {presence.broker!r} and any further one")
-                return
-            broker = self.brokers[presence.broker] = Broker(presence.broker)
-            self.retaining = True
-        if broker.claims and presence.token not in broker.claims:
-            self._warn_once(("conflict", presence.broker),
-                            f"zmq_emitter: two presences claim broker {presence.broker!r} at once; its "
-                            "acknowledgements count for nothing until one goes (a subscriber sending "
-                            "presence-shaped subscriptions?)")
-        broker.claims[presence.token] = presence.max_message_size
+        if self.brokers.arrive(presence) is None:
+            return
+        self.retaining = True
         if presence.max_message_size < MIN_ANNOUNCED_SIZE:
             self._warn_once(("small", presence.broker),
                             f"zmq_emitter: broker {presence.broker!r} announces max_message_size "
@@ -273,21 +240,13 @@ class Outbox:
         self._update_limit()
 
     def _leave(self, presence: protocol.Presence) -> None:
-        broker = self.brokers.get(presence.broker)
-        if broker is not None and broker.claims.pop(presence.token, None) is not None:
+        if self.brokers.leave(presence):
             self._update_limit()
 
     def _acknowledge(self, ack: protocol.Ack) -> None:
-        broker = self.brokers.get(ack.broker)
-        if broker is None or broker.token is None or broker.token != ack.token:
-            # Not the token of the one present broker of that name: a subscriber's frame
-            # passed upstream, an old broker process, or a name in conflict.
-            self._warn_once(("token", ack.broker if broker else None),
-                            f"zmq_emitter: ignoring acknowledgements in the name of "
-                            f"{'broker ' + repr(ack.broker) if broker else 'unknown brokers'} without the token "
-                            "of its presence")
+        broker = self.brokers.acknowledging(ack)
+        if broker is None:
             return
-        broker.acknowledged = True
         acks, resend = ack.acks, ack.resend
         for stream in self.streams:
             seq = acks.get(stream.pub)
@@ -305,7 +264,7 @@ class Outbox:
 
     def _release(self, stream: Stream) -> None:
         """Forget what every known broker has acknowledged."""
-        upto = min(broker.acked.get(stream.pub, 0) for broker in self.brokers.values())
+        upto = self.brokers.lowest(stream.pub)
         sent, unsent = stream.sent, stream.unsent
         while sent and sent[0].seq <= upto:
             self._shrink_by(sent.popleft())
@@ -323,7 +282,7 @@ class Outbox:
         if not self.brokers:
             return
         for stream in self.streams:
-            self._send_again(stream, min(broker.acked.get(stream.pub, 0) for broker in self.brokers.values()))
+            self._send_again(stream, self.brokers.lowest(stream.pub))
 
     def _send_again(self, stream: Stream, after: int) -> None:
         sent = stream.sent

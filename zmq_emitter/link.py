@@ -1,11 +1,13 @@
-"""The health of a subscriber's connections, from its SUB socket's monitor (sans-I/O).
+"""The health of a client's connections, from its socket's monitor (sans-I/O).
 
 libzmq reconnects a dropped connection by itself, but never one whose handshake was refused
-(a CURVE key the broker does not list): such a subscriber would wait for ever, silently.
+(a CURVE key the broker does not list): such a client would wait for ever, silently.
 ``Link`` reads the monitor's events and decides: say once that the broker refused, connect
 again with a back-off (so a key added to the broker's directory later is let in), and say
-once when an endpoint has not connected after a moment.  ``Subscriber`` and
-``AsyncSubscriber`` feed it the events and do what ``due`` returns.
+once when an endpoint has not connected after a moment.  Shared by both sides that connect
+to a broker as clients: ``Subscriber`` and ``AsyncSubscriber`` (consumers/subscriber.py) and
+an edge broker's link to its central broker (broker/upstream.py) feed it the events and do
+what ``due`` returns.
 
     >>> link = Link(["tcp://broker:5558"], report=print, clock=lambda: 0.0)
     >>> link.event(zmq.EVENT_HANDSHAKE_FAILED_AUTH, "tcp://broker:5558", 400)
@@ -22,7 +24,7 @@ from typing import Callable, Iterable
 
 import zmq
 
-log = logging.getLogger("zmq_emitter.subscriber")
+log = logging.getLogger("zmq_emitter.link")
 
 # What a subscriber's monitor reports (few events: the monitor socket is read only when idle).
 MONITOR_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
@@ -53,8 +55,10 @@ class Link:
     """
 
     def __init__(self, endpoints: Iterable[str], report: Callable[[str], None],
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, *, client: str = "subscriber",
+                 side: str = "backend"):
         self.report, self.clock = report, clock
+        self.client, self.side = client, side  # named in the notices: who is refused, which endpoint it needs
         self.endpoints = {endpoint: _Endpoint(clock()) for endpoint in endpoints}
 
     def event(self, event: int, endpoint: str, value: int) -> None:
@@ -72,7 +76,7 @@ class Link:
         else:  # a failed handshake: libzmq will not try this endpoint again by itself
             if not state.told:
                 state.told = True
-                self.report(f"{self._name(endpoint)} {_refusal(event, value)}; trying again, "
+                self.report(f"{self._name(endpoint)} {_refusal(event, value, self.client)}; trying again, "
                             f"every {RETRY_MAX:g} s at most")
             state.connected, state.retry_at = False, now + state.backoff
             state.backoff = min(state.backoff * 2, RETRY_MAX)
@@ -89,7 +93,7 @@ class Link:
                 state.told = True
                 self.report(f"lost the connection to {endpoint}; waiting for it to come back" if state.was_connected
                             else f"no connection to {endpoint} yet (is the broker running, and is this its "
-                                 f"backend?); waiting for it")
+                                 f"{self.side}?); waiting for it")
         return again
 
     def next_due(self) -> float | None:
@@ -106,9 +110,9 @@ class Link:
         return self.endpoints.get(self._name(endpoint))
 
 
-def _refusal(event: int, value: int) -> str:
+def _refusal(event: int, value: int, client: str) -> str:
     if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-        return f"refused this subscriber (CURVE key not allowed, ZAP status {value})"
+        return f"refused this {client} (CURVE key not allowed, ZAP status {value})"
     if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
         return "refused the handshake (a security mismatch: CURVE on one side only, or the wrong server key?)"
     return "dropped the connection during the handshake (the wrong server key, or a security mismatch?)"
