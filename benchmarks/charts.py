@@ -113,7 +113,18 @@ def _memory(figure: dict, ax) -> None:
     ax.set_title(f"6. Memory over {data['calls']:,} event_handler calls")
 
 
-CHARTS = {"hotpath": _hotpath, "fanout": _fanout, "latency": _latency, "playbook": _playbook, "memory": _memory}
+def _hops(figure: dict, ax) -> None:
+    data = figure["data"]
+    labels = ["one broker", "edge -> central"]
+    one = data["one"]["throughput"]["median"]
+    stats = [data[path]["throughput"] for path in ("one", "two")]
+    _bars(ax, labels, [s["median"] / one for s in stats], [s["min"] / one for s in stats],
+          [s["max"] / one for s in stats], None, "events/s end to end / one broker (median, min-max)")
+    ax.set_title("8. One hop more: edge and central broker against one broker")
+
+
+CHARTS = {"hotpath": _hotpath, "fanout": _fanout, "latency": _latency, "playbook": _playbook, "memory": _memory,
+          "hops": _hops}
 
 
 def draw(report: dict, out_dir: Path) -> list[Path]:

@@ -231,19 +231,21 @@ def call_all(workers: list, *command: Any) -> list:
 
 
 class BrokerProcess:
-    """``zmq-emitter broker`` as its own process on ipc endpoints, forwarding at once (no start-up grace).
+    """``zmq-emitter broker`` as its own process on ipc endpoints, forwarding at once (no start-up grace);
+    ``extra``: further options (``--upstream ...``).
 
     Its history service is on (the default) unless ``history=False``, on ipc too; with
     ``on_disk`` the history is also written to ``tmp/<name>-journal`` (``--history-dir``).
     """
 
-    def __init__(self, tmp: Path, name: str = "broker", history: bool = True, on_disk: bool = False):
+    def __init__(self, tmp: Path, name: str = "broker", history: bool = True, on_disk: bool = False,
+                 extra: tuple[str, ...] = ()):
         self.frontend, self.backend = f"ipc://{tmp}/{name}-in", f"ipc://{tmp}/{name}-out"
         history_endpoint = f"ipc://{tmp}/{name}-history" if history else "none"
         journal = ["--history-dir", str(tmp / f"{name}-journal")] if on_disk else []
         self.proc = subprocess.Popen([str(BIN / "zmq-emitter"), "broker", "--frontend", self.frontend,
                                       "--backend", self.backend, "--history", history_endpoint,
-                                      "--startup-grace", "0", *journal],
+                                      "--startup-grace", "0", *journal, *extra],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         line = self.proc.stderr.readline()
         if "zmq-emitter broker:" not in line:

@@ -11,6 +11,7 @@ Figures (module, what):
   latency   4. event_handler call -> subscriber receipt, p50/p99/max, at fixed rates
   playbook  5. wall time of a real ansible-runner run: emitter off, zmq on, http on
   memory    6. resident size after a million event_handler calls
+  hops      8. runner -> edge -> central -> subscriber against one broker: throughput, latency per hop
   profile   where the hot path's time goes (cProfile), broker history on and off
 
 Every figure runs its contenders in the same run, alternating, several repetitions, and
@@ -28,9 +29,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import charts, common, fanout, hotpath, latency, memory, peers, playbook, profile_hotpath  # noqa: E402
+from benchmarks import charts, common, fanout, hops, hotpath, latency, memory, peers, playbook, profile_hotpath  # noqa: E402
 
-FIGURES = ("hotpath", "peers", "fanout", "latency", "playbook", "memory", "profile")
+FIGURES = ("hotpath", "peers", "fanout", "latency", "playbook", "memory", "hops", "profile")
 
 # (full, quick) sizes of each figure.
 SIZES = {
@@ -48,6 +49,8 @@ SIZES = {
     "playbook_scale": (1, 1),
     "memory_calls": (1_000_000, 10_000),
     "profile_n": (20_000, 1_000),
+    "hops_n": (50_000, 2_000),
+    "hops_rates": ((1_000, 10_000), (1_000,)),
 }
 
 
@@ -93,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         "latency": lambda: latency.run(corpus, reps, size["latency_rates"], size["latency_seconds"]),
         "playbook": lambda: playbook.run(args.reps or size["playbook_reps"], size["playbook_scale"]),
         "memory": lambda: memory.run(corpus_path, size["memory_calls"]),
+        "hops": lambda: hops.run(corpus, reps, size["hops_n"], size["hops_rates"], size["latency_seconds"]),
     }
     for name in args.only:
         t0 = time.monotonic()

@@ -11,7 +11,7 @@ from pathlib import Path
 import zmq
 
 ROOT = Path(__file__).resolve().parent.parent
-FIGURES = ["hotpath", "peers", "fanout", "latency", "playbook", "memory", "profile"]
+FIGURES = ["hotpath", "peers", "fanout", "latency", "playbook", "memory", "hops", "profile"]
 
 
 def test_quick_benchmarks_run_every_figure_and_lose_nothing(tmp_path):
@@ -55,6 +55,11 @@ def test_quick_benchmarks_run_every_figure_and_lose_nothing(tmp_path):
     assert set(runs) >= {"off", "zmq", "http"}
     for mode in ("zmq", "http"):
         assert runs[mode]["lost"] == 0 and runs[mode]["expected"] > 50, mode
+
+    hop = figures["hops"]["data"]
+    for path in ("one", "two"):  # through one broker, and through an edge and a central broker
+        assert hop[path]["lost"] == 0 and hop[path]["throughput"]["median"] > 0, path
+        assert 0 < hop[path]["1000"]["p50_us"]["median"] <= hop[path]["1000"]["p99_us"]["median"], path
 
     for key in ("history_on", "history_off"):
         mem = figures["memory"]["data"][key]
