@@ -48,6 +48,23 @@ def test_history_answers_a_malformed_request_with_an_error_not_an_exception():
         assert info["ok"] is False and info["error"]
 
 
+def test_fetch_lists_as_missing_only_what_was_published_and_says_where_a_cut_request_goes_on():
+    history = History()
+    record(history, frames("a", 1), frames("a", 3))
+    fetch = lambda first, last: protocol.parse_reply(history.answer(protocol.request(  # noqa: E731
+        "fetch", pub="p1", first=first, last=last)))[0]
+    beyond = fetch(1, 10)  # 2 is a hole (pending); 4..10 not published yet: neither is missing
+    assert beyond["count"] == 2 and beyond["missing"] == [] and beyond["pending"] == [["p1", 2, 2]]
+    assert beyond["last_seq"] == 3 and "next" not in beyond
+    history.give_up("p1")
+    assert fetch(1, 10)["missing"] == [["p1", 2, 2]]
+    cut = fetch(1, protocol.MAX_FETCH + 50)
+    assert cut["next"] == protocol.MAX_FETCH + 1  # the reply covers MAX_FETCH numbers: ask again from there
+    for first, last in ((0, 5), (-3, 2), (5, 4)):
+        refused = protocol.decode_json(history.answer(protocol.request("fetch", pub="p1", first=first, last=last))[0])
+        assert refused["ok"] is False and "1 <= first <= last" in refused["error"]
+
+
 def test_broker_serves_a_real_runs_history_and_acknowledges_the_publisher(project, broker):
     with Subscriber(broker.backend_endpoints) as sub:
         wait_subscribed(broker.frontend_endpoints[0], sub)

@@ -315,6 +315,8 @@ class History:
         (a hole the broker still asks the publisher for is not gone: see ``pending``)."""
         last = min(last, first + protocol.MAX_FETCH - 1)
         pub = self.publishers.get(publisher)
+        if pub is not None:
+            last = min(last, pub.last_seq)  # beyond: not published yet (or not received yet), not missing
         messages, missing = [], []
         for seq in range(first, last + 1):
             entry = self._messages.get((publisher, seq))
@@ -357,9 +359,15 @@ class History:
                 return protocol.reply({"count": len(messages), "missing": missing, "pending": pending}, messages)
             if op == "fetch":
                 pub, first, last = str(req["pub"]), int(req["first"]), int(req["last"])
+                if not 1 <= first <= last:
+                    return protocol.error_reply(f"bad request: fetch needs 1 <= first <= last, got {first}..{last}")
                 messages, missing = self.fetch(pub, first, last)
-                pending = self.pending(pub, first, min(last, first + protocol.MAX_FETCH - 1))
-                return protocol.reply({"count": len(messages), "missing": missing, "pending": pending}, messages)
+                end = first + protocol.MAX_FETCH - 1
+                info = {"count": len(messages), "missing": missing, "pending": self.pending(pub, first, min(last, end)),
+                        "last_seq": self.publishers[pub].last_seq if pub in self.publishers else None}
+                if last > end:
+                    info["next"] = end + 1  # the request was cut at MAX_FETCH sequence numbers: ask again from here
+                return protocol.reply(info, messages)
             return protocol.error_reply(f"unknown op {op!r}; accepted: runs, replay, fetch")
         except (ValueError, KeyError, TypeError) as exc:
             return protocol.error_reply(f"bad request: {exc!r}")
