@@ -49,6 +49,17 @@ def ensure_node_example() -> None:
         stamp.write_text(digest)
 
 
+def ensure_iproute2() -> None:
+    """The network tests (tests/test_network.py) build hosts with iproute2's `ip netns`: installed here
+    with apt-get when missing and this is root; else those tests say why they skip."""
+    if shutil.which("ip") is not None:
+        return
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        subprocess.call(["apt-get", "install", "-y", "-qq", "iproute2"], stdout=subprocess.DEVNULL)
+    if shutil.which("ip") is None:
+        print("dev.py: iproute2's `ip` not found: the network tests will be skipped", file=sys.stderr)
+
+
 def main() -> None:
     command, args = (sys.argv[1], sys.argv[2:]) if len(sys.argv) > 1 else ("", [])
     if command not in ("demo", "test", "bench"):
@@ -59,6 +70,7 @@ def main() -> None:
         argv = [str(VENV / "bin" / "zmq-emitter"), "demo", *args]
     elif command == "test":
         ensure_node_example()
+        ensure_iproute2()
         argv = [str(PYTHON), "-m", "pytest", *args]
     else:
         argv = [str(PYTHON), str(ROOT / "benchmarks" / "run.py"), *args]

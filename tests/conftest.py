@@ -3,7 +3,8 @@ subscribers, and ways to wait for a condition instead of sleeping.
 
 One place each: ``BrokerProcess`` (a ``zmq-emitter broker`` process), ``RawPublisher`` (a plain PUB
 sending protocol frames), ``until_flowing``/``wait_subscribed`` (the slow joiner, waited out),
-``receive``, ``wait_connected``, ``wait_until``, ``rss_mib``.
+``receive``, ``wait_connected``, ``wait_until``, ``rss_mib``; ``network`` (hosts in Linux network
+namespaces, ``netns.py``).
 """
 from __future__ import annotations
 
@@ -388,3 +389,15 @@ def inprocess_env(monkeypatch):
             monkeypatch.delenv(name)
     monkeypatch.setenv("PATH", f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
     return monkeypatch
+
+
+@pytest.fixture
+def network():
+    """A test network of hosts (``netns.Network``): skipped, with the reason, where namespaces cannot
+    be made (not root, no iproute2); everything in it killed and removed after the test, pass or fail."""
+    import netns
+    reason = netns.unavailable()
+    if reason:
+        pytest.skip(reason)
+    with netns.Network() as net:
+        yield net
