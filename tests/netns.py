@@ -119,6 +119,13 @@ class Host:
         options.setdefault("text", True)
         return subprocess.run(self.command(argv), timeout=timeout, **options)
 
+    def connections(self, port: int) -> int:
+        """How many TCP connections to this host's ``port`` are established (its own /proc/net/tcp)."""
+        table = self.run(["cat", "/proc/net/tcp", "/proc/net/tcp6"]).stdout.splitlines()
+        # sl local_address rem_address st ...: local port in hex after the colon, st 01 = ESTABLISHED
+        return sum(1 for line in table if len(line.split()) > 3 and line.split()[3] == "01"
+                   and line.split()[1].rsplit(":", 1)[-1] == f"{port:04X}")
+
     def __repr__(self) -> str:
         return f"Host({self.name!r}, {self.address})"
 
