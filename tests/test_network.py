@@ -233,3 +233,23 @@ def test_a_broker_host_cut_off_for_good_does_not_hold_back_the_other_broker_past
     flood = [m for m in messages if m["ident"] == IDENTS[0]]
     assert [m["counter"] for m in flood if m["kind"] == "event"] == list(range(1, 4001))
     assert flood[-1]["name"] == "successful"
+
+
+def test_a_broker_host_cut_off_for_a_while_mid_run_gets_what_it_missed_when_it_is_back(pair):
+    """Cut for longer than the runners' heartbeat timeout (3 x runner_zmq_heartbeat = 6 s): the runners drop
+    the connection and, once it is back, send again what that broker had not acknowledged."""
+    live = pair.collect()
+    pair.wait_subscribers(1)
+    runs = pair.start_runs(steps=100)
+    wait_until(lambda: all(sum(1 for m in messages_so_far(live) if m["ident"] == ident) >= 5 for ident in IDENTS),
+               60, 0.05, "both runs under way at the subscriber")
+    pair.network.cut(pair.broker_hosts[1])
+    time.sleep(8)  # the outage itself (the scenario), not a wait for a condition
+    pair.network.restore(pair.broker_hosts[1])
+    errs = pair.finish_runs(runs)
+    assert not any("spooled" in err for err in errs), errs  # broker2 acknowledged everything before exit
+    collected(live)
+    only_second = [pair.histories[1]]
+    replayed, done = collected(pair.collect("replay", histories=only_second))  # broker2's own history, alone
+    assert done["waiting"] == [] and done["gaps"] == [], done
+    assert_every_event_once_in_order(replayed, runs)
