@@ -55,6 +55,7 @@ DEBIAN = {
     "cc": "gcc", "pkg-config": "pkg-config",  # the C subscriber example, built by its test
     "/usr/include/zmq.h": "libzmq3-dev", "/usr/include/cjson/cJSON.h": "libcjson-dev",
     "/usr/include/msgpack.h": "libmsgpack-dev",
+    "ip": "iproute2",  # the network tests build hosts with `ip netns`
 }
 
 

@@ -3,7 +3,8 @@ subscribers, and ways to wait for a condition instead of sleeping.
 
 One place each: ``BrokerProcess`` (a ``zmq-emitter broker`` process), ``RawPublisher`` (a plain PUB
 sending protocol frames), ``until_flowing``/``wait_subscribed`` (the slow joiner, waited out),
-``receive``, ``wait_connected``, ``wait_until``, ``rss_mib``.
+``receive``, ``wait_connected``, ``wait_until``, ``rss_mib``; ``network`` (hosts in Linux network
+namespaces, ``netns.py``).
 """
 from __future__ import annotations
 
@@ -299,11 +300,11 @@ class BrokerProcess:
     ``frontend``, ``backend`` and ``history`` are the endpoints it bound (a tcp port 0 becomes the
     port the OS chose); ``log`` collects its stderr lines as they come (read by a thread, so
     that a chatty broker never blocks on a full pipe); ``kill``/``start`` restart it on the
-    same endpoints.
+    same endpoints.  With ``host`` (a ``netns.Host``), it runs on that host of the test network.
     """
 
-    def __init__(self, frontend: str, backend: str, *args: str, history: str | None = None):
-        self.frontend, self.backend, self.args = frontend, backend, args
+    def __init__(self, frontend: str, backend: str, *args: str, history: str | None = None, host=None):
+        self.frontend, self.backend, self.args, self.host = frontend, backend, args, host
         if history is None:  # never the default tcp port: tests may run brokers side by side
             history = frontend.rsplit("/", 1)[0] + "/history" if frontend.startswith("ipc://") else "none"
         self.history = history
@@ -312,8 +313,9 @@ class BrokerProcess:
         self.start()
 
     def start(self) -> None:
-        self.proc = subprocess.Popen([str(BIN / "zmq-emitter"), "broker", "--frontend", self.frontend,
-                                      "--backend", self.backend, "--history", self.history, *self.args],
+        argv = [str(BIN / "zmq-emitter"), "broker", "--frontend", self.frontend, "--backend", self.backend,
+                "--history", self.history, *self.args]
+        self.proc = subprocess.Popen(self.host.command(argv) if self.host else argv,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         line = self.proc.stderr.readline()
         assert "zmq-emitter broker:" in line, f"broker did not start: {line}{self.proc.stderr.read()}"
@@ -390,3 +392,15 @@ def inprocess_env(monkeypatch):
             monkeypatch.delenv(name)
     monkeypatch.setenv("PATH", f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
     return monkeypatch
+
+
+@pytest.fixture
+def network():
+    """A test network of hosts (``netns.Network``): skipped, with the reason, where namespaces cannot
+    be made (not root, no iproute2); everything in it killed and removed after the test, pass or fail."""
+    import netns
+    reason = netns.unavailable()
+    if reason:
+        pytest.skip(reason)
+    with netns.Network() as net:
+        yield net

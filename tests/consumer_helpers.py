@@ -145,10 +145,12 @@ def wait_closed(history: str, idents: set[str], timeout: float = 60.0) -> dict:
     raise AssertionError(f"the history did not record the end of {idents} within {timeout}s")
 
 
-def tail(*args: str) -> subprocess.Popen:
-    """``zmq-emitter tail ARGS`` writing to temporary files (a pipe nobody reads would fill and block it)."""
+def tail(*args: str, host=None) -> subprocess.Popen:
+    """``zmq-emitter tail ARGS`` writing to temporary files (a pipe nobody reads would fill and block it);
+    with ``host`` (a ``netns.Host``), on that host of the test network."""
     out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
-    proc = subprocess.Popen([str(BIN / "zmq-emitter"), "tail", *args], stdout=out, stderr=err)
+    argv = [str(BIN / "zmq-emitter"), "tail", *args]
+    proc = host.start(argv, stdout=out, stderr=err) if host else subprocess.Popen(argv, stdout=out, stderr=err)
     proc.out, proc.err = out, err
     return proc
 

@@ -17,6 +17,16 @@ Each prints JSON lines on stdout::
         reconnects any that are offline, catches each up to those seqs, and prints one line per
         subscriber: what it delivered (per publisher, runs of consecutive seqs in arrival order),
         what it reported lost, its counts and the times it was offline (time.monotonic).
+
+    python tests/streams.py collect BACKENDS HISTORIES IDENTS HOW TIMEOUT
+        One Subscriber connected to BACKENDS (comma-separated) with the history endpoints HISTORIES
+        (comma-separated, in the order asked; "none": no history) until the final status of each run
+        in IDENTS (comma-separated) or TIMEOUT seconds.  HOW: "live" (from now on), "replay" (each
+        run's history first) or a JSON object {"<publisher>": seq} to ``resume`` from.  Prints
+        {"ready": true} once connected (live), then one line per status or event message
+        {"pub", "seq", "ident", "kind", "name", "counter"}, then {"done": true, "gaps": [...],
+        "counts": {...}, "errors": [...]}.  (The subscriber of the network tests, run on a host
+        of the test network.)
 """
 from __future__ import annotations
 
@@ -173,6 +183,31 @@ def churn(backend: str, history: str, subscribers: str, publishers: str, seed: s
     context.term()
 
 
+def collect(backends: str, histories: str, idents: str, how: str, timeout: str) -> None:
+    errors: list[str] = []
+    sub = Subscriber(backends.split(","), history=None if histories == "none" else histories.split(","),
+                     history_timeout=10, on_error=errors.append, on_gap=lambda gap: None)
+    waiting, deadline = set(idents.split(",")), time.monotonic() + float(timeout)
+    if how == "replay":
+        for ident in sorted(waiting):
+            sub.replay(ident)
+    elif how != "live":
+        sub.resume(json.loads(how))
+    answer({"ready": True})
+    while waiting and time.monotonic() < deadline:
+        msg = sub.recv(timeout=0.5)
+        if msg is None or msg.kind == "publisher":
+            continue
+        payload = msg.payload if isinstance(msg.payload, dict) else {}
+        answer({"pub": msg.publisher, "seq": msg.seq, "ident": msg.ident, "kind": msg.kind, "name": msg.name,
+                "counter": payload.get("counter")})
+        if msg.kind == "status" and msg.name in ("successful", "failed", "timeout", "canceled", "error"):
+            waiting.discard(msg.ident)
+    answer({"done": True, "waiting": sorted(waiting), "gaps": [vars(gap) for gap in sub.gaps],
+            "counts": vars(sub.counts), "errors": errors})
+    sub.close()
+
+
 if __name__ == "__main__":
     role, *args = sys.argv[1:]
-    {"publish": publish, "churn": churn}[role](*args)
+    {"publish": publish, "churn": churn, "collect": collect}[role](*args)

@@ -42,6 +42,16 @@ def _fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+def _history_endpoints(values: List[str]) -> List[str]:
+    """``--history`` values (repeated or comma-separated), each checked."""
+    endpoints = _split(values)
+    for endpoint in endpoints:
+        problem = check_endpoint(endpoint, bind=False)
+        if problem:
+            _fail(f"--history {endpoint!r}: {problem}", 2)
+    return endpoints
+
+
 @app.command()
 def broker(
     frontend: List[str] = typer.Option([broker_module.DEFAULT_FRONTEND], "--frontend", "-f",
@@ -139,8 +149,9 @@ def tail(
     colour: Optional[bool] = typer.Option(None, "--color/--no-color", help="Colour (default: on a terminal)."),
     replay: bool = typer.Option(False, "--replay", help="Print the broker's history first (of --ident, or of every "
                                                         "run it knows), then go on live."),
-    history: Optional[str] = typer.Option(None, "--history", help="The broker's history endpoint, for --replay and "
-                                          f"for recovering gaps (default with --replay: {broker_module.DEFAULT_HISTORY})."),
+    history: List[str] = typer.Option([], "--history", help="The broker's history endpoint, for --replay and for "
+                                      f"recovering gaps (default with --replay: {broker_module.DEFAULT_HISTORY}); "
+                                      "several (a redundant pair): asked in turn, the next when one does not answer."),
     curve_server_key: Optional[str] = typer.Option(
         None, "--curve-server-key", help="The broker's public key (.key file or z85 text): CURVE encryption."),
     curve_secret_key_file: Optional[str] = typer.Option(
@@ -164,13 +175,10 @@ def tail(
               "(`zmq-emitter runs` lists the runs the history knows)", 2)
     filters = tail_module.Filters(kinds=kinds, ident=ident, events=tuple(_split(event)), hosts=tuple(_split(host)))
     try:
-        if replay and history is None:
-            history = broker_module.DEFAULT_HISTORY
-        if history is not None and check_endpoint(history, bind=False):
-            _fail(f"--history {history!r}: {check_endpoint(history, bind=False)}", 2)
+        histories = _history_endpoints(history) or ([broker_module.DEFAULT_HISTORY] if replay else None)
         code = tail_module.run(endpoints, filters, fmt=fmt, count=count, until_done=until_done, colour=colour,
                                curve_server_key=curve_server_key, curve_secret_key_file=curve_secret_key_file,
-                               history=history, replay=replay, timeout=timeout)
+                               history=histories, replay=replay, timeout=timeout)
     except security.SecurityError as exc:
         _fail(f"tail: {exc}", 2)
     except KeyboardInterrupt:
@@ -254,8 +262,10 @@ def _upstream(endpoints: List[str], server_key: str | None, curve: security.Serv
 
 @app.command()
 def runs(
-    history: str = typer.Option(broker_module.DEFAULT_HISTORY, "--history", help="The broker's history endpoint."),
-    timeout: float = typer.Option(5.0, "--timeout", min=0.1, help="Seconds to wait for the broker's answer."),
+    history: List[str] = typer.Option([broker_module.DEFAULT_HISTORY], "--history",
+                                      help="The broker's history endpoint; several (a redundant pair): asked in "
+                                           "turn, the next when one does not answer within 2 s."),
+    timeout: float = typer.Option(5.0, "--timeout", min=0.1, help="Seconds to wait for an answer (from any of them)."),
     curve_server_key: Optional[str] = typer.Option(
         None, "--curve-server-key", help="The broker's public key (.key file or z85 text): CURVE encryption."),
     curve_secret_key_file: Optional[str] = typer.Option(
@@ -263,11 +273,9 @@ def runs(
                                               "(a subscriber key: the history serves subscribers)."),
 ) -> None:
     """List the runs a broker's history knows, with their last status."""
-    problem = check_endpoint(history, bind=False)
-    if problem:
-        _fail(f"--history {history!r}: {problem}", 2)
+    histories = _history_endpoints(history)
     try:
-        sub = Subscriber([], history=history, history_timeout=timeout, curve_server_key=curve_server_key,
+        sub = Subscriber([], history=histories, history_timeout=timeout, curve_server_key=curve_server_key,
                          curve_secret_key_file=curve_secret_key_file)
     except security.SecurityError as exc:
         _fail(f"runs: --curve-server-key/--curve-secret-key-file: {exc}", 2)
@@ -277,7 +285,7 @@ def runs(
         except tail_module.protocol.ProtocolError as exc:
             _fail(f"runs: {exc}")
     if answer is None:
-        _fail(f"runs: no answer from the history service at {history} within {timeout:g}s"
+        _fail(f"runs: no answer from {sub.histories.name} within {timeout:g}s"
               + ("" if curve_server_key else " (a broker with CURVE needs --curve-server-key)"))
     typer.echo(tail_module.RUNS_HEADER)
     listed = answer[0].get("runs")

@@ -527,8 +527,45 @@ def _warn_invalid_once(tracker: Tracker) -> Callable[[list[bytes], ProtocolError
 # -- driving a plan over a DEALER socket ------------------------------------------------
 
 
+class Histories:
+    """The history endpoints a subscriber may ask (a redundant pair: two brokers' histories), and
+    which to ask first: the one that answered last.
+
+    Shared by the ``Dialogue`` objects of one subscriber, so that once a history has stopped
+    answering, the next requests go to the other one at once instead of waiting for it first.
+    ``on_switch(text)`` is told once when a history is given up for another (until it answers again).
+
+        >>> histories = Histories(["tcp://a:5559", "tcp://b:5559"])
+        >>> histories.preferred, histories.name
+        (0, 'the history services at tcp://a:5559, tcp://b:5559')
+    """
+
+    def __init__(self, endpoints: Iterable[str], on_switch: Callable[[str], None] | None = None):
+        self.endpoints = list(endpoints)
+        if not self.endpoints:
+            raise ValueError("history: at least one endpoint")
+        self.preferred = 0
+        self.on_switch = on_switch or _warn
+        self._told: set[int] = set()  # endpoints said to be given up, until they answer again
+
+    @property
+    def name(self) -> str:
+        """How a person is told of them (in ``on_error``)."""
+        many = len(self.endpoints) > 1
+        return f"the history service{'s' if many else ''} at {', '.join(self.endpoints)}"
+
+    def answered(self, index: int) -> None:
+        self.preferred = index
+        self._told.discard(index)
+
+    def given_up(self, index: int, then: int, why: str) -> None:
+        if index not in self._told:
+            self._told.add(index)
+            self.on_switch(f"the history service at {self.endpoints[index]} {why}: asking {self.endpoints[then]}")
+
+
 class Dialogue:
-    """One plan in progress with the history service, over a DEALER socket.
+    """One plan in progress with the history service, over DEALER sockets (one per history endpoint).
 
     Each request goes out as ``[id, b"", request]``; the history's REP socket sends the reply
     back behind the same envelope, so a reply to a request that was given up (a timeout, an
@@ -540,55 +577,84 @@ class Dialogue:
     next copy.  Requests only read, so a copy answered twice is harmless (the second reply is
     dropped as stale).
 
+    With several history endpoints (``Histories``: a redundant pair of brokers), each copy goes
+    to the next endpoint, and a refused or malformed reply sends the request to the next one at
+    once (until every endpoint has refused it: then the plan gets that reply); the reply of any
+    copy will do.  A request starts at the endpoint that answered last.  So a history that does
+    not answer costs the first request after it fell silent ``RESEND_FIRST`` seconds, and the
+    following ones nothing.
+
         dialogue = Dialogue(plan, timeout=5.0)
         while not dialogue.done:
-            if (frames := dialogue.outgoing()): dealer.send_multipart(frames)
-            if dealer.poll(dialogue.wait_ms()): dialogue.incoming(dealer.recv_multipart())
-            else: dialogue.expire()            # gave up on this request: open a new DEALER
+            if (frames := dialogue.outgoing()): dealers[dialogue.endpoint].send_multipart(frames)
+            if (i := poll(dealers, dialogue.wait_ms())) is not None: dialogue.incoming(dealers[i].recv_multipart(), i)
+            else: dialogue.expire()            # gave up on this request: open new DEALERs
         dialogue.result
     """
 
     _ids = itertools.count(1)  # one counter per process: an id is never used twice on any socket
 
-    def __init__(self, plan: Plan, timeout: float, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, plan: Plan, timeout: float, clock: Callable[[], float] = time.monotonic,
+                 histories: Histories | None = None):
         self.plan, self.timeout, self.clock = plan, timeout, clock
+        self.histories = histories or Histories([""])
         self.done, self.result = False, None
         self._request: Request | None = None
         self._id = b""
         self._sent = False
+        self.endpoint = 0  # the index in ``histories.endpoints`` that ``outgoing``'s frames go to
+        self._refused: dict[int, list[bytes]] = {}  # endpoint -> its refusal of the current request
+        self._now = False  # send a copy at once (the last one was refused)
         self.deadline = 0.0
         self._resend_at = self._resend_wait = 0.0
         self._advance(None, first=True)
 
     def outgoing(self) -> list[bytes] | None:
-        """The frames to send now (a new request, or a copy of one unanswered for a while), or None."""
+        """The frames to send now to ``endpoint`` (a new request, or a copy of one unanswered for a
+        while or refused), or None."""
         if self.done or isinstance(self._request, Pause):
             return None
         now = self.clock()
         if not self._sent:
             self._sent = True
             self._id = b"%d" % next(self._ids)
+            self.endpoint = self.histories.preferred
             self.deadline = now + self.timeout
             self._resend_wait = RESEND_FIRST
+        elif self._now:
+            self._now = False
         elif now < self._resend_at or now >= self.deadline:
             return None
         else:
             self._resend_wait *= 2
+            self._next_endpoint("did not answer")
         self._resend_at = now + self._resend_wait
         return [self._id, b"", self._request.frame()]
 
     def wait_ms(self, until: float | None = None) -> int:
         """How long to wait for the reply (ms) before calling ``outgoing`` again, at most until
         ``until`` (clock time)."""
+        if self._now:
+            return 0
         end = min(self.deadline, self._resend_at) if until is None else min(self.deadline, self._resend_at, until)
         return max(0, int((end - self.clock()) * 1000))
 
-    def incoming(self, frames: list[bytes]) -> None:
-        """Frames the DEALER received: the reply to this request, or a stale one (dropped)."""
+    def incoming(self, frames: list[bytes], endpoint: int = 0) -> None:
+        """Frames the DEALER of ``endpoint`` received: the reply to this request, or a stale one (dropped)."""
         if (self.done or not self._sent or isinstance(self._request, Pause) or len(frames) < 2
                 or frames[0] != self._id or frames[1] != b""):
             return
-        self._advance(frames[2:])
+        reply = frames[2:]
+        if len(self.histories.endpoints) > 1 and _refused(reply):
+            self._refused[endpoint] = reply
+            if len(self._refused) < len(self.histories.endpoints):  # another may have it: ask it at once
+                self.endpoint = endpoint
+                self._next_endpoint("refused the request")
+                self._now = True
+                return
+        else:
+            self.histories.answered(endpoint)
+        self._advance(reply)
 
     def expire(self) -> bool:
         """At the end of a pause, go on (False); if the current request has waited its ``timeout``,
@@ -599,7 +665,19 @@ class Dialogue:
         self._advance(None)
         return not paused
 
+    def _next_endpoint(self, why: str) -> None:
+        """Send the next copy to the next endpoint that has not refused this request (said once)."""
+        count = len(self.histories.endpoints)
+        if count == 1:
+            return
+        following = next((i % count for i in range(self.endpoint + 1, self.endpoint + count)
+                          if i % count not in self._refused), self.endpoint)
+        self.histories.given_up(self.endpoint, following, why)
+        self.endpoint = following
+
     def _advance(self, reply: list[bytes] | None, first: bool = False) -> None:
+        self._refused.clear()
+        self._now = False
         try:
             self._request = next(self.plan) if first else self.plan.send(reply)
         except StopIteration as stop:
@@ -609,3 +687,12 @@ class Dialogue:
         if isinstance(self._request, Pause):  # nothing to send: wait until its end, as for a reply
             self._sent, self._id = True, b""
             self.deadline = self._resend_at = self.clock() + self._request.seconds
+
+
+def _refused(reply: list[bytes]) -> bool:
+    """Whether a history reply is a refusal or malformed (another history may answer it)."""
+    try:
+        protocol.parse_reply(reply)
+    except ProtocolError:
+        return True
+    return False

@@ -22,6 +22,10 @@ Nothing missed, or told exactly what (docs/reliability.md)::
     sub.reconnect()           # new connections, then everything that passed meanwhile
     sub.gaps                  # what the history no longer held: publisher and seq range
 
+A redundant pair of brokers: connect to both, ask either history (the one that answers)::
+
+    Subscriber(["tcp://a:5558", "tcp://b:5558"], history=["tcp://a:5559", "tcp://b:5559"])
+
 The logic lives once, in sans-I/O cores (``core.py``: ``Tracker`` for decoding, duplicates,
 gaps and the history dialogues, ``Dialogue`` for requests and replies; ``zmq_emitter/link.py``: ``Link``
 for the connections' health); ``Subscriber`` and ``AsyncSubscriber`` only move frames and wait.  A
@@ -40,7 +44,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 from .. import protocol, security
 from ..protocol import Message, ProtocolError
-from .core import Counts, Dialogue, Gap, Plan, Request, Tracker, _warn
+from .core import Counts, Dialogue, Gap, Histories, Plan, Request, Tracker, _warn
 from ..link import MONITOR_EVENTS, Link
 
 __all__ = ["AsyncSubscriber", "Counts", "Gap", "Subscriber", "Tracker", "subscriptions", "DEFAULT_ENDPOINT"]
@@ -100,18 +104,23 @@ class _SubscriberBase:
 
     def __init__(self, context: zmq.Context, own_context: bool, endpoints: str | Iterable[str],
                  topics: Iterable[bytes | str], on_gap, on_invalid, on_error, rcvhwm: int, curve_server_key,
-                 curve_secret_key_file, history: str | None, history_timeout: float):
+                 curve_secret_key_file, history: str | Iterable[str] | None, history_timeout: float):
         self._curve = security.ClientCurve.load(curve_server_key, curve_secret_key_file)  # docs/security.md
         self._own_context = own_context
         self.context = context
         self.endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
         self.on_error = on_error or _warn
+        if isinstance(history, str):
+            history = [history]
+        # Several endpoints: the histories of a redundant pair of brokers, asked in turn (core.Histories).
+        self.histories = None if history is None else Histories(history, self.on_error)
+        self.history = None if history is None else self.histories.endpoints
         self.tracker = Tracker(topics, recovers=history is not None, on_gap=on_gap, on_invalid=on_invalid,
-                               on_error=self.on_error, history_name=f"the history service at {history}")
+                               on_error=self.on_error,
+                               history_name=self.histories.name if history is not None else "no history service")
         self._rcvhwm = rcvhwm
-        self.history = history
         self.history_timeout = history_timeout
-        self._dealer: zmq.Socket | None = None
+        self._dealers: dict[int, zmq.Socket] = {}  # history endpoint index -> its DEALER
         self._dialogue: Dialogue | None = None  # a plan recv() has under way: it goes on at the next call
         self._connect()
 
@@ -165,27 +174,35 @@ class _SubscriberBase:
         for endpoint in self.link.due():
             self._connect_again(endpoint)
 
-    def _dealer_socket(self) -> zmq.Socket:
-        if self._dealer is None:
-            self._dealer = self.context.socket(zmq.DEALER)
-            self._dealer.setsockopt(zmq.LINGER, 0)
+    def _dealer_socket(self, endpoint: int) -> zmq.Socket:
+        """The DEALER to history endpoint number ``endpoint`` (made on first use)."""
+        dealer = self._dealers.get(endpoint)
+        if dealer is None:
+            dealer = self._dealers[endpoint] = self.context.socket(zmq.DEALER)
+            dealer.setsockopt(zmq.LINGER, 0)
             if self._curve is not None:
-                self._curve.apply(self._dealer)
-            self._dealer.connect(self.history)
-        return self._dealer
+                self._curve.apply(dealer)
+            dealer.connect(self.histories.endpoints[endpoint])
+        return dealer
+
+    def _dealer_poller(self, poller_class) -> Any:
+        poller = poller_class()
+        for dealer in self._dealers.values():
+            poller.register(dealer, zmq.POLLIN)
+        return poller
 
     def _drop_dealer(self) -> None:
-        """After a request given up: a new socket, so that requests queued meanwhile are not sent late."""
-        if self._dealer is not None:
-            self._dealer.close(linger=0)
-            self._dealer = None
+        """After a request given up: new sockets, so that requests queued meanwhile are not sent late."""
+        for dealer in self._dealers.values():
+            dealer.close(linger=0)
+        self._dealers.clear()
 
     def _require_history(self) -> None:
         if self.history is None:
             raise ValueError("this subscriber has no history endpoint (history=...)")
 
     def _dialogue_of(self, plan: Plan) -> Dialogue:
-        return Dialogue(plan, self.history_timeout)
+        return Dialogue(plan, self.history_timeout, histories=self.histories)
 
     def close(self) -> None:
         self._drop_dealer()
@@ -201,7 +218,10 @@ class Subscriber(_SubscriberBase):
     ``topics`` are prefixes (see ``subscriptions()``); ``""`` is everything.
     ``recv(timeout)`` returns None on timeout; iterating blocks until ``close()``.
     With ``history`` (the broker's history service), gaps are recovered from it and
-    ``replay``, ``catch_up``, ``resume`` and ``runs`` are available.  ``on_error(text)`` hears of
+    ``replay``, ``catch_up``, ``resume`` and ``runs`` are available.  ``history`` may list
+    several endpoints (the brokers of a redundant pair): a request one does not answer within
+    2 s, or refuses, goes to the next, and later requests start with the one that answered
+    (``core.Dialogue``); ``history_timeout`` bounds each request over all of them.  ``on_error(text)`` hears of
     trouble worth telling a person once (default: a log warning): a broker that refuses this
     subscriber's CURVE key (it is tried again, with a back-off), an endpoint not reached after
     a moment, a history service that does not answer or refuses a request.
@@ -218,7 +238,7 @@ class Subscriber(_SubscriberBase):
                  on_error: Callable[[str], None] | None = None,
                  rcvhwm: int = 100_000, context: zmq.Context | None = None,
                  curve_server_key: str | bytes | None = None, curve_secret_key_file: str | None = None,
-                 history: str | None = None, history_timeout: float = 5.0):
+                 history: str | Iterable[str] | None = None, history_timeout: float = 5.0):
         super().__init__(context or zmq.Context(), context is None, endpoints, topics, on_gap, on_invalid, on_error,
                          rcvhwm, curve_server_key, curve_secret_key_file, history, history_timeout)
         self._poller = zmq.Poller()
@@ -289,13 +309,16 @@ class Subscriber(_SubscriberBase):
     def _talk(self, dialogue: Dialogue, deadline: float | None) -> bool:
         """Advance ``dialogue`` until it is done (True) or ``deadline`` passes (False: it waits as it is)."""
         while not dialogue.done:
-            dealer = self._dealer_socket()
             frames = dialogue.outgoing()
             if frames is not None:
-                dealer.send_multipart(frames)
-            if dealer.poll(dialogue.wait_ms(deadline)):
-                dialogue.incoming(dealer.recv_multipart())
-            elif dialogue.expire():
+                self._dealer_socket(dialogue.endpoint).send_multipart(frames)
+            ready = dict(self._dealer_poller(zmq.Poller).poll(dialogue.wait_ms(deadline)))
+            for endpoint, dealer in list(self._dealers.items()):
+                if dealer in ready:
+                    dialogue.incoming(dealer.recv_multipart(), endpoint)
+            if ready:
+                continue
+            if dialogue.expire():
                 self._drop_dealer()
             elif deadline is not None and time.monotonic() >= deadline:
                 return False
@@ -369,7 +392,7 @@ class AsyncSubscriber(_SubscriberBase):
                  on_error: Callable[[str], None] | None = None,
                  rcvhwm: int = 100_000, context: zmq.asyncio.Context | None = None,
                  curve_server_key: str | bytes | None = None, curve_secret_key_file: str | None = None,
-                 history: str | None = None, history_timeout: float = 5.0):
+                 history: str | Iterable[str] | None = None, history_timeout: float = 5.0):
         super().__init__(context or zmq.asyncio.Context(), context is None, endpoints, topics, on_gap, on_invalid,
                          on_error, rcvhwm, curve_server_key, curve_secret_key_file, history, history_timeout)
         self._make_poller()
@@ -419,13 +442,16 @@ class AsyncSubscriber(_SubscriberBase):
 
     async def _talk(self, dialogue: Dialogue, deadline: float | None) -> bool:
         while not dialogue.done:
-            dealer = self._dealer_socket()
             frames = dialogue.outgoing()
             if frames is not None:
-                await dealer.send_multipart(frames)
-            if await dealer.poll(dialogue.wait_ms(deadline)):
-                dialogue.incoming(await dealer.recv_multipart())
-            elif dialogue.expire():
+                await self._dealer_socket(dialogue.endpoint).send_multipart(frames)
+            ready = dict(await self._dealer_poller(zmq.asyncio.Poller).poll(dialogue.wait_ms(deadline)))
+            for endpoint, dealer in list(self._dealers.items()):
+                if dealer in ready:
+                    dialogue.incoming(await dealer.recv_multipart(), endpoint)
+            if ready:
+                continue
+            if dialogue.expire():
                 self._drop_dealer()
             elif deadline is not None and time.monotonic() >= deadline:
                 return False

@@ -188,12 +188,13 @@ def run(endpoints: Iterable[str], filters: Filters, *, fmt: str = "pretty", coun
         until_done: bool = False, colour: bool | None = None, out: TextIO = sys.stdout,
         err: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
         curve_server_key: str | None = None, curve_secret_key_file: str | None = None,
-        history: str | None = None, replay: bool = False, timeout: float | None = None) -> int:
+        history: str | Iterable[str] | None = None, replay: bool = False, timeout: float | None = None) -> int:
     """Print messages until ``count`` or, with ``until_done``, the run's final status; return the exit status.
 
     ``timeout``: give up after that many seconds (``TIMEOUT_EXIT`` if ``count`` or ``until_done``
     was waiting for something, else 0).  Without ``filters.ident``, ``until_done`` follows the
-    first run it sees a message of.
+    first run it sees a message of.  ``history``: the endpoints of one or more histories (a
+    redundant pair of brokers: a request one does not answer goes to the next).
     """
     if replay and until_done and filters.ident is None:
         raise ValueError("--replay --until-done needs --ident: which run's final status to wait for")
@@ -222,9 +223,9 @@ def run(endpoints: Iterable[str], filters: Filters, *, fmt: str = "pretty", coun
             if queued is None:
                 err("zmq-emitter tail: nothing replayed; going on live only")
             elif queued == 0:
-                err(f"zmq-emitter tail: the history at {history} has no message of run {printable(filters.ident)!r} "
+                err(f"zmq-emitter tail: {sub.histories.name} has no message of run {printable(filters.ident)!r} "
                     "(yet); waiting for it live" if filters.ident is not None
-                    else f"zmq-emitter tail: the history at {history} holds no run yet; going on live")
+                    else f"zmq-emitter tail: {sub.histories.name} holds no run yet; going on live")
         while True:
             msg = sub.recv(None if deadline is None else max(0.0, deadline - time.monotonic()))
             if msg is None:

@@ -67,6 +67,7 @@ def _endpoints(bind: bool) -> Callable[[Any], tuple[str, ...]]:
 
 
 C_INT_MAX = 2**31 - 1  # libzmq's socket options (SNDHWM, LINGER) are C ints
+MAX_HEARTBEAT = 2_000_000  # ms: 3 times it must fit ZMQ_HEARTBEAT_TTL (deciseconds in 16 bits: 6553.5 s)
 
 
 def _whole(low: int, high: int | None = None) -> Callable[[Any], int]:
@@ -204,6 +205,9 @@ SETTINGS = (
     Setting("reconnect_wait", _count, 5000, "milliseconds",
             "At process exit, how long to wait for a broker that has acknowledged before and is away "
             "(restarting) to come back, before spooling what it has not acknowledged."),
+    Setting("heartbeat", _whole(0, MAX_HEARTBEAT), 2000, f"milliseconds, 0 to {MAX_HEARTBEAT}, 0 = off",
+            "How often to check each broker connection (ZeroMQ heartbeats): one silent for 3 times this is "
+            "dropped, so a broker host cut off the network never holds back the others (docs/reliability.md)."),
     Setting("spool", _spool, DEFAULT_SPOOL, "a directory, or none",
             "Where what was not acknowledged (or, with a broker that does not acknowledge, delivered) by "
             "process exit is kept, to be sent first by the next process with the same runner_zmq_url "
@@ -245,6 +249,7 @@ class Config:
     buffer_bytes: int = 64 * 2**20
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     reconnect_wait: int = 5000
+    heartbeat: int = 2000
     spool: str | None = DEFAULT_SPOOL  # spool_directory() resolves it
     spool_messages: int = 100000
     spool_bytes: int = 256 * 2**20
@@ -270,7 +275,7 @@ class Config:
     def transport(self) -> tuple:
         """What decides the socket: runs whose transport settings are equal share one socket."""
         return (self.url, self.bind, self.sndhwm, self.linger, self.buffer_messages, self.buffer_bytes,
-                self.max_message_size, self.reconnect_wait, spool_directory(self.spool), self.spool_messages,
+                self.max_message_size, self.reconnect_wait, self.heartbeat, spool_directory(self.spool), self.spool_messages,
                 self.spool_bytes, self.curve_server_key, self.curve_key_pair, self.ipc_mode)
 
 

@@ -101,6 +101,14 @@ class Publisher:
         sock.setsockopt(zmq.IMMEDIATE, 1)
         sock.setsockopt(zmq.SNDHWM, config.sndhwm)
         sock.setsockopt(zmq.LINGER, config.linger)
+        if config.heartbeat:
+            # A broker whose host is cut off keeps its TCP connection open for many minutes: its
+            # queue fills to SNDHWM and then, with XPUB_NODROP, every send fails, the other brokers
+            # of a redundant pair starved with it.  Heartbeats drop such a connection; the broker
+            # is then away, and gets again what it did not acknowledge when it is back.
+            sock.setsockopt(zmq.HEARTBEAT_IVL, config.heartbeat)
+            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * config.heartbeat)
+            sock.setsockopt(zmq.HEARTBEAT_TTL, 3 * config.heartbeat)  # the broker drops its end likewise
         self._socket = sock
         self._handshakes: zmq.Socket | None = None
         self._refused: dict[str, float] = {}   # endpoint -> when to connect again
