@@ -8,10 +8,12 @@
   says: a subscription that reaches the broker late, on demand;
 - ``two_runs_of_one_process``: two ``ansible_runner.run_async`` runs in one process; ``wait_closed``
   until a broker's history has recorded them;
-- ``tail`` / ``finish``: ``zmq-emitter tail`` as a real process.
+- ``tail`` / ``finish``: ``zmq-emitter tail`` as a real process;
+- ``garbage`` / ``hostile_to_examples``: frames no subscriber may crash on.
 """
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tempfile
@@ -19,6 +21,7 @@ import threading
 import time
 from pathlib import Path
 
+import msgpack
 import zmq
 
 from conftest import BIN, FINAL_STATUSES, runner_env
@@ -185,3 +188,48 @@ def finish(proc: subprocess.Popen, timeout: float = 60) -> tuple[int, str, str]:
     out, err = output(proc)
     assert "Traceback" not in err, err
     return proc.returncode, out, err
+
+
+def garbage() -> list[list[bytes]]:
+    """Everything a broken or hostile publisher might send, each not a valid protocol message."""
+    good_header = protocol.header_prefix("json", "cccccccccccccccc") + b"1}"
+    topic = protocol.topic("event", "raw-run", "runner_on_ok")
+    random = [os.urandom(n) for n in (1, 17, 300)]
+    return [
+        random,                                                       # random frames
+        [os.urandom(64)],                                             # one random frame
+        [topic],                                                      # wrong frame counts
+        [topic, good_header],
+        [topic, good_header, b"{}", b"extra"],
+        [topic, good_header, b"{not json"],                           # invalid JSON payload
+        [topic, protocol.header_prefix("msgpack", "cccccccccccccccc") + b"2}", b"\xc1\xc1\xc1"],  # invalid msgpack
+        [topic, protocol.header_prefix("msgpack", "cccccccccccccccc") + b"3}", msgpack.packb([1, 2])[:-1]],
+        [topic, b"not a header", b"{}"],                              # bad headers
+        [topic, b'{"v":2,"codec":"json","pub":"cc","seq":1}', b"{}"],
+        [topic, b'{"v":1,"codec":"json","pub":"cc","seq":0}', b"{}"],
+        [topic, b'{"v":1,"codec":"json","pub":"cc","seq":"1"}', b"{}"],
+        [topic, b'{"v":1,"codec":"json","pub":5,"seq":1}', b"{}"],
+        [topic, b'{"v":1,"codec":"yaml","pub":"cc","seq":1}', b"{}"],
+        [topic, b"[1,2,3]", b"{}"],
+        [b"event/\xff\xfe/x", good_header, b"{}"],                    # bad topics
+        [b"event-without-separators", good_header, b"{}"],
+        [b"bogus/run/name", good_header, b"{}"],
+    ]
+
+
+def hostile_to_examples() -> list[list[bytes]]:
+    """``garbage()`` and what a client written literally from docs/protocol.md tripped on: headers and payloads of
+    the wrong JSON type, pub and seq of the wrong type, nesting deeper than any parser's stack."""
+    topic = protocol.topic("status", "hostile", "running")
+    header = lambda pub, seq: b'{"v":1,"codec":"json","pub":%s,"seq":%s}' % (pub, seq)  # noqa: E731
+    return garbage() + [
+        [topic, b'["v", 1]', b"{}"], [topic, b'"v1"', b"{}"], [topic, b"null", b"{}"],
+        [topic, header(b'["a"]', b"1"), b"{}"], [topic, header(b"5", b"1"), b"{}"],
+        [topic, header(b'"eeeeeeeeeeeeeeee"', b'"1"'), b"{}"], [topic, header(b'"eeeeeeeeeeeeeeee"', b"1.5"), b"{}"],
+        [topic, header(b'"eeeeeeeeeeeeeeee"', b"true"), b"{}"], [topic, header(b'"eeeeeeeeeeeeeeee"', b"-1"), b"{}"],
+        [topic, header(b'"eeeeeeeeeeeeeeee"', b"1e400"), b"{}"],
+        [topic, header(b'"eeeeeeeeeeeeeeee"', b"1"), b"[1, 2]"], [topic, header(b'"eeeeeeeeeeeeeeee"', b"2"), b'"x"'],
+        [topic, header(b'"eeeeeeeeeeeeeeee"', b"3"), b"[" * 100_000 + b"]" * 100_000],
+        [topic, protocol.header_prefix("msgpack", "eeeeeeeeeeeeeeee") + b"4}", b"\x91" * 100_000 + b"\xc0"],
+        [topic, protocol.header_prefix("msgpack", "eeeeeeeeeeeeeeee") + b"5}", msgpack.packb([1])],
+    ]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -20,9 +19,9 @@ import threading
 import time
 from pathlib import Path
 
-import msgpack
 import pytest
 import zmq
+from consumer_helpers import garbage, hostile_to_examples
 from conftest import BIN, FINAL_STATUSES, RawPublisher, job_events, runner_env
 
 from zmq_emitter import protocol
@@ -178,33 +177,6 @@ def test_gaps_and_duplicates_are_reported_with_publisher_and_seqs(broker):
         context.destroy(linger=0)
 
 
-def garbage() -> list[list[bytes]]:
-    """Everything a broken or hostile publisher might send, each not a valid protocol message."""
-    good_header = protocol.header_prefix("json", "cccccccccccccccc") + b"1}"
-    topic = protocol.topic("event", "raw-run", "runner_on_ok")
-    random = [os.urandom(n) for n in (1, 17, 300)]
-    return [
-        random,                                                       # random frames
-        [os.urandom(64)],                                             # one random frame
-        [topic],                                                      # wrong frame counts
-        [topic, good_header],
-        [topic, good_header, b"{}", b"extra"],
-        [topic, good_header, b"{not json"],                           # invalid JSON payload
-        [topic, protocol.header_prefix("msgpack", "cccccccccccccccc") + b"2}", b"\xc1\xc1\xc1"],  # invalid msgpack
-        [topic, protocol.header_prefix("msgpack", "cccccccccccccccc") + b"3}", msgpack.packb([1, 2])[:-1]],
-        [topic, b"not a header", b"{}"],                              # bad headers
-        [topic, b'{"v":2,"codec":"json","pub":"cc","seq":1}', b"{}"],
-        [topic, b'{"v":1,"codec":"json","pub":"cc","seq":0}', b"{}"],
-        [topic, b'{"v":1,"codec":"json","pub":"cc","seq":"1"}', b"{}"],
-        [topic, b'{"v":1,"codec":"json","pub":5,"seq":1}', b"{}"],
-        [topic, b'{"v":1,"codec":"yaml","pub":"cc","seq":1}', b"{}"],
-        [topic, b"[1,2,3]", b"{}"],
-        [b"event/\xff\xfe/x", good_header, b"{}"],                    # bad topics
-        [b"event-without-separators", good_header, b"{}"],
-        [b"bogus/run/name", good_header, b"{}"],
-    ]
-
-
 def test_rogue_publisher_garbage_is_skipped_and_counted_by_both_subscribers(tmp_path):
     from zmq_emitter.broker import Broker
 
@@ -275,7 +247,8 @@ class Example:
             prober = prober or stack.enter_context(RawPublisher(broker_process.frontend))
             deadline = time.monotonic() + 30
             while not any(line["topic"] == "event/probe/probe" for line in list(self.lines)):
-                assert self.proc.poll() is None and time.monotonic() < deadline, self.proc.stderr.read()
+                assert self.proc.poll() is None, self.proc.stderr.read()
+                assert time.monotonic() < deadline, "the example printed no probe within 30 s"
                 prober.send("probe", "probe", {"probe": True})
                 time.sleep(0.02)  # the probes' pace
 
@@ -299,24 +272,6 @@ def _example_run(tmp_path, broker_process, argv: list[str], ident: str, codec: s
     project, run = start_run(tmp_path, ident, broker_process.frontend, codec, "web2")
     assert run.wait(timeout=120) == 2, run.stderr.read()
     return example.lines, project, example.finish()
-
-
-def hostile_to_examples() -> list[list[bytes]]:
-    """``garbage()`` and what a client written literally from docs/protocol.md tripped on: headers and payloads of
-    the wrong JSON type, pub and seq of the wrong type, nesting deeper than any parser's stack."""
-    topic = protocol.topic("status", "hostile", "running")
-    header = lambda pub, seq: b'{"v":1,"codec":"json","pub":%s,"seq":%s}' % (pub, seq)  # noqa: E731
-    return garbage() + [
-        [topic, b'["v", 1]', b"{}"], [topic, b'"v1"', b"{}"], [topic, b"null", b"{}"],
-        [topic, header(b'["a"]', b"1"), b"{}"], [topic, header(b"5", b"1"), b"{}"],
-        [topic, header(b'"eeeeeeeeeeeeeeee"', b'"1"'), b"{}"], [topic, header(b'"eeeeeeeeeeeeeeee"', b"1.5"), b"{}"],
-        [topic, header(b'"eeeeeeeeeeeeeeee"', b"true"), b"{}"], [topic, header(b'"eeeeeeeeeeeeeeee"', b"-1"), b"{}"],
-        [topic, header(b'"eeeeeeeeeeeeeeee"', b"1e400"), b"{}"],
-        [topic, header(b'"eeeeeeeeeeeeeeee"', b"1"), b"[1, 2]"], [topic, header(b'"eeeeeeeeeeeeeeee"', b"2"), b'"x"'],
-        [topic, header(b'"eeeeeeeeeeeeeeee"', b"3"), b"[" * 100_000 + b"]" * 100_000],
-        [topic, protocol.header_prefix("msgpack", "eeeeeeeeeeeeeeee") + b"4}", b"\x91" * 100_000 + b"\xc0"],
-        [topic, protocol.header_prefix("msgpack", "eeeeeeeeeeeeeeee") + b"5}", msgpack.packb([1])],
-    ]
 
 
 def _check_example_output(lines, project, ident):
