@@ -23,7 +23,7 @@ import zmq
 
 from . import security
 from ._text import split_commas
-from .broker import broker as broker_module
+from .broker import broker as broker_module, metrics as metrics_module
 from .consumers import tail as tail_module
 from .consumers.subscriber import DEFAULT_ENDPOINT, Subscriber
 from .runner.config import check_endpoint
@@ -73,9 +73,16 @@ def broker(
     name: Optional[str] = typer.Option(None, "--name",
                                        help="The name runners know this broker by, the same across its restarts "
                                             "(default: derived from this host's name and --frontend)."),
+    metrics: Optional[str] = typer.Option(None, "--metrics", metavar="HOST:PORT",
+                                          help="Serve Prometheus metrics on http://HOST:PORT/metrics "
+                                               "(docs/operations.md, \"Metrics\"); off by default."),
 ) -> None:
     """Run a broker in the foreground until SIGINT or SIGTERM."""
     curve, mode = _broker_security(curve_secret_key_file, publisher_keys, subscriber_keys, ipc_mode)
+    try:
+        metrics_address = metrics_module.parse_address(metrics) if metrics is not None else None
+    except metrics_module.MetricsError as exc:
+        _fail(str(exc), 2)
     history_endpoints = [] if _split(history) == ["none"] else _split(history)
     if history_dir is not None and not history_endpoints:
         _fail("--history-dir needs the history service: drop --history none", 2)
@@ -91,6 +98,14 @@ def broker(
     except broker_module.BrokerError as exc:
         held_logs.let_through()
         _fail(str(exc))
+    metrics_server = None
+    if metrics_address is not None:
+        try:
+            metrics_server = metrics_module.serve(instance, *metrics_address)
+        except metrics_module.MetricsError as exc:
+            instance.stop()
+            held_logs.let_through()
+            _fail(str(exc))
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
@@ -98,7 +113,8 @@ def broker(
                f"subscribers connect to {', '.join(instance.backend_endpoints)}; "
                f"history at {', '.join(instance.history_endpoints) or 'none'}"
                + (f", on disk in {history_dir} ({instance.history_loaded} messages loaded)"
-                  if history_dir else ""), err=True)
+                  if history_dir else "")
+               + (f"; metrics at {metrics_server.url}" if metrics_server else ""), err=True)
     if curve is not None:
         typer.echo(f"zmq-emitter broker: CURVE on, public key {curve.pair.public.decode()}; publishers: "
                    f"{curve.publisher_keys or 'any key'}; subscribers: {curve.subscriber_keys or 'any key'}", err=True)
@@ -106,6 +122,8 @@ def broker(
     try:
         broker_module.run_forever(instance, stats_interval, lambda line: typer.echo(line, err=True), stop)
     finally:
+        if metrics_server is not None:
+            metrics_server.close()
         instance.stop()
 
 
