@@ -19,6 +19,8 @@ from conftest import BIN, BrokerProcess, RawPublisher, job_events, run_cli, runn
 from test_security import Keys
 
 from zmq_emitter import protocol, security
+from zmq_emitter.broker import Broker
+from zmq_emitter.broker.metrics import UpstreamLinkStats, serve
 
 ALERTS = Path(__file__).resolve().parent.parent / "docs" / "prometheus" / "alerts.yml"
 PROMTOOL = shutil.which("promtool", path=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")  # dev.py puts it in BIN
@@ -100,6 +102,8 @@ def test_a_real_runs_messages_and_bytes_are_counted_as_the_runner_published_them
         samples = scrape(url)
         assert samples[P + "acknowledgements_sent_total"] >= 1  # the runner's flush at exit waited for them
         assert samples[P + "history_bytes"] == size
+        broker.stop()  # SIGTERM: the metrics server stops with the broker
+        assert broker.proc.returncode == 0 and "Traceback" not in broker.stderr(), broker.stderr()
     finally:
         context.destroy(linger=0)
         broker.stop()
@@ -138,13 +142,36 @@ def test_a_message_over_max_message_size_disconnects_its_publisher_and_is_counte
             pub.send("big", "too_large", {"blob": "x" * 10_000})
             wait_metrics(url, {"publisher_disconnects_total": 1})
             pub.until_received(sub)  # libzmq reconnects it; what it sends then flows again
-            samples = wait_metrics(url, {"publishers_connected": 1, "publisher_disconnects_total": 1})
-            assert samples[P + "messages_received_total"] > before  # the probes after it, never the large one
-            assert samples[P + "history_messages"] == samples[P + "messages_received_total"]
+            wait_metrics(url, {"publishers_connected": 1, "publisher_disconnects_total": 1})
+
+            def all_recorded(samples: dict[str, float]) -> bool:  # the probes after it, never the large one
+                return samples[P + "history_messages"] == samples[P + "messages_received_total"] > before
+
+            wait_until(lambda: all_recorded(scrape(url)), 30, 0.1, "every message received recorded")
             assert not any(b"too_large" in frames[0] for frames in drain(sub))
     finally:
         context.destroy(linger=0)
         broker.stop()
+
+
+def test_a_broker_that_reports_upstream_links_gets_the_reserved_upstream_metrics(tmp_path):
+    class EdgeBroker(Broker):  # what broker/upstream.py provides: a snapshot of each link, from any thread
+        def upstream_stats(self):
+            return [UpstreamLinkStats("tcp://central-a:5557", True, 3, 120),
+                    UpstreamLinkStats("tcp://central-b:5557", False, 40, 80)]
+
+    with EdgeBroker([f"ipc://{tmp_path}/f"], [f"ipc://{tmp_path}/b"], startup_grace=0) as broker:
+        server = serve(broker, "127.0.0.1", 0)
+        try:
+            samples = scrape(server.url)
+        finally:
+            server.close()
+    assert {name: value for name, value in samples.items() if "upstream" in name} == {
+        P + 'upstream_up{upstream="tcp://central-a:5557"}': 1, P + 'upstream_up{upstream="tcp://central-b:5557"}': 0,
+        P + 'upstream_backlog_messages{upstream="tcp://central-a:5557"}': 3,
+        P + 'upstream_backlog_messages{upstream="tcp://central-b:5557"}': 40,
+        P + 'upstream_messages_sent_total{upstream="tcp://central-a:5557"}': 120,
+        P + 'upstream_messages_sent_total{upstream="tcp://central-b:5557"}': 80}
 
 
 def drain(sub: zmq.Socket) -> list[list[bytes]]:

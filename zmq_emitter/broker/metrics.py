@@ -21,7 +21,8 @@ metrics of the Python client mixed in) by prometheus_client's HTTP server, in a 
 
 Upstream links (federation, ``--upstream``): a broker that has a method ``upstream_stats()``
 returning ``UpstreamLinkStats`` (one per upstream endpoint) gets the ``zmq_emitter_broker_upstream_*``
-metrics below; without it they are left out.  The names are fixed here so that dashboards and
+metrics below; without it they are left out.  It is called from the HTTP server's thread at each
+scrape: it returns a snapshot taken under the link's own lock, never blocking on a socket.  The names are fixed here so that dashboards and
 ``docs/prometheus/alerts.yml`` can rely on them.
 
 Every metric is listed, with its meaning, in docs/operations.md ("Metrics").
