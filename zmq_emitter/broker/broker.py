@@ -87,11 +87,10 @@ _FRAMES = 3  # topic, header, payload (protocol.py)
 # monitor events that end a handshake refused, with the reason they stand for.
 PUBLISHERS, SUBSCRIBERS, HISTORY = "publishers", "subscribers", "history"
 _REFUSED = {zmq.EVENT_HANDSHAKE_FAILED_AUTH: "auth",          # a CURVE key that ZAP refused
-            zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "protocol",  # wrong mechanism or server key, not ZeroMQ
-            zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "closed"}   # closed during the handshake (a port probe)
-_WATCHED = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
-for _event in _REFUSED:
-    _WATCHED |= _event
+            zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "protocol",  # no CURVE to a CURVE socket, a wrong server key
+            zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "closed"}   # closed in the handshake: a port check, not ZeroMQ
+_WATCHED = (zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+            | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 
 
 @dataclasses.dataclass

@@ -138,8 +138,9 @@ class BrokerCollector(Collector):
                        "closed or went away, and those libzmq disconnected for a message over --max-message-size "
                        "(libzmq does not say which).", stats.publisher_disconnects)
         refused = CounterMetricFamily(f"{PREFIX}_handshakes_refused", "Connections refused at the handshake, by "
-                                      "side and reason: auth (a CURVE key not allowed), protocol (wrong security "
-                                      "mechanism or server key, not ZeroMQ), closed (closed during the handshake).",
+                                      "side and reason: auth (a CURVE key not allowed), protocol (no CURVE to a CURVE "
+                                      "broker, a wrong server key), closed (closed in the handshake: a port check, "
+                                      "not a ZeroMQ peer).",
                                       labels=["side", "reason"])
         for side in (PUBLISHERS, SUBSCRIBERS, HISTORY):
             for reason in ("auth", "protocol", "closed"):
