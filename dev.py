@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
@@ -78,6 +79,29 @@ def ensure_debian_packages() -> None:
                   "they skip", file=sys.stderr)
 
 
+def ensure_promtool() -> None:
+    """``promtool`` in .venv/bin, for the test that checks docs/prometheus/alerts.yml with ``promtool check rules``.
+
+    Taken out of Debian's ``prometheus`` package (``apt-get download``, ``dpkg-deb -x``) rather than installed:
+    installing the package would also start a Prometheus server on this machine.  ``apt-get update`` first only
+    if the download fails (and only as root).  Without apt, or offline, the test says why it skips."""
+    target = VENV / "bin" / "promtool"
+    if target.exists() or shutil.which("promtool") or shutil.which("apt-get") is None:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        download = ["apt-get", "download", "-q", "prometheus"]
+        quiet = {"cwd": tmp, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+        if subprocess.call(download, **quiet) != 0 and os.geteuid() == 0:
+            subprocess.call(["apt-get", "update", "-q"], **quiet)
+            subprocess.call(download, **quiet)
+        debs = list(Path(tmp).glob("prometheus_*.deb"))
+        if not debs or subprocess.call(["dpkg-deb", "-x", str(debs[0]), str(Path(tmp) / "root")], **quiet) != 0:
+            print("dev.py: promtool could not be had (Debian's prometheus package): the alert rules' promtool "
+                  "check will be skipped", file=sys.stderr)
+            return
+        shutil.copy2(Path(tmp) / "root" / "usr" / "bin" / "promtool", target)
+
+
 def main() -> None:
     command, args = (sys.argv[1], sys.argv[2:]) if len(sys.argv) > 1 else ("", [])
     if command not in ("demo", "test", "bench"):
@@ -89,6 +113,7 @@ def main() -> None:
     elif command == "test":
         ensure_node_example()
         ensure_debian_packages()
+        ensure_promtool()
         argv = [str(PYTHON), "-m", "pytest", *args]
     else:
         argv = [str(PYTHON), str(ROOT / "benchmarks" / "run.py"), *args]

@@ -23,7 +23,7 @@ import zmq
 
 from . import security
 from ._text import split_commas
-from .broker import broker as broker_module
+from .broker import broker as broker_module, metrics as metrics_module
 from .consumers import tail as tail_module
 from .consumers.subscriber import DEFAULT_ENDPOINT, Subscriber
 from .runner.config import check_endpoint
@@ -89,9 +89,16 @@ def broker(
     upstream_server_key: Optional[str] = typer.Option(
         None, "--upstream-server-key", help="The central broker's public key (.key file or z85 text): CURVE on the "
                                             "upstream link, as a client with --curve-secret-key-file's key pair."),
+    metrics: Optional[str] = typer.Option(None, "--metrics", metavar="HOST:PORT",
+                                          help="Serve Prometheus metrics on http://HOST:PORT/metrics "
+                                               "(docs/operations.md, \"Metrics\"); off by default."),
 ) -> None:
     """Run a broker in the foreground until SIGINT or SIGTERM."""
     curve, mode = _broker_security(curve_secret_key_file, publisher_keys, subscriber_keys, ipc_mode)
+    try:
+        metrics_address = metrics_module.parse_address(metrics) if metrics is not None else None
+    except metrics_module.MetricsError as exc:
+        _fail(str(exc), 2)
     history_endpoints = [] if _split(history) == ["none"] else _split(history)
     if history_dir is not None and not history_endpoints:
         _fail("--history-dir needs the history service: drop --history none", 2)
@@ -109,6 +116,14 @@ def broker(
     except broker_module.BrokerError as exc:
         held_logs.let_through()
         _fail(str(exc))
+    metrics_server = None
+    if metrics_address is not None:
+        try:
+            metrics_server = metrics_module.serve(instance, *metrics_address)
+        except metrics_module.MetricsError as exc:
+            instance.stop()
+            held_logs.let_through()
+            _fail(str(exc))
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
@@ -116,7 +131,8 @@ def broker(
                f"subscribers connect to {', '.join(instance.backend_endpoints)}; "
                f"history at {', '.join(instance.history_endpoints) or 'none'}"
                + (f", on disk in {history_dir} ({instance.history_loaded} messages loaded)"
-                  if history_dir else ""), err=True)
+                  if history_dir else "")
+               + (f"; metrics at {metrics_server.url}" if metrics_server else ""), err=True)
     if upstream_endpoints:
         typer.echo(f"zmq-emitter broker: forwarding upstream to {', '.join(upstream_endpoints)}"
                    + (" (CURVE)" if upstream_curve else ""), err=True)
@@ -127,6 +143,8 @@ def broker(
     try:
         broker_module.run_forever(instance, stats_interval, lambda line: typer.echo(line, err=True), stop)
     finally:
+        if metrics_server is not None:
+            metrics_server.close()
         instance.stop()
 
 

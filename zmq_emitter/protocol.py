@@ -35,6 +35,8 @@ import orjson
 
 VERSION = 1
 KINDS = ("status", "event", "publisher")  # "publisher": a publisher's closing report
+# The statuses that end a run (ansible-runner's): a run's last message.
+FINAL_STATUSES = frozenset({"successful", "failed", "timeout", "canceled", "error"})
 CODECS = ("json", "msgpack")
 SEPARATOR = "/"
 

@@ -3,7 +3,9 @@
 The ZeroMQ guide's Espresso pattern: an XSUB/XPUB proxy with a capture socket.  The
 forwarding path is libzmq's own ``zmq_proxy_steerable``; no Python runs per message
 between a runner and a subscriber.  Statistics come from the proxy's own counters
-(``STATISTICS`` on its control socket), subscriber counts from a socket monitor.
+(``STATISTICS`` on its control socket), connection counts and refused handshakes from socket
+monitors, the history's counters from a snapshot its thread takes every ``SNAPSHOT_INTERVAL``
+seconds: ``stats()`` reads them all (``metrics.py`` serves them to Prometheus).
 
 From the command line::
 
@@ -48,7 +50,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from .. import protocol, security
 from .acks import Acknowledgements
-from .history import History
+from .history import History, HistoryCounters
 from .journal import JournalLocked
 from .upstream import Upstream, UpstreamStats
 
@@ -57,6 +59,7 @@ DEFAULT_BACKEND = "tcp://127.0.0.1:5558"
 DEFAULT_HISTORY = "tcp://127.0.0.1:5559"
 DEFAULT_MAX_MESSAGE_SIZE = 16 * 2**20
 DISK_RETRY = 1.0  # seconds between tries of a history directory that refused a write
+SNAPSHOT_INTERVAL = 0.5  # seconds between the history thread's snapshots of its counters (for stats())
 
 log = logging.getLogger("zmq_emitter.broker")
 
@@ -81,6 +84,15 @@ class BrokerError(RuntimeError):
 
 _FRAMES = 3  # topic, header, payload (protocol.py)
 
+# The sides whose connections the manager thread watches (the ZAP domains of security.ServerCurve), and the
+# monitor events that end a handshake refused, with the reason they stand for.
+PUBLISHERS, SUBSCRIBERS, HISTORY = "publishers", "subscribers", "history"
+_REFUSED = {zmq.EVENT_HANDSHAKE_FAILED_AUTH: "auth",          # a CURVE key that ZAP refused
+            zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "protocol",  # no CURVE to a CURVE socket, a wrong server key
+            zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "closed"}   # closed in the handshake: a port check, not ZeroMQ
+_WATCHED = (zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+            | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+
 
 @dataclasses.dataclass
 class Stats:
@@ -96,6 +108,14 @@ class Stats:
     messages_out: int = 0
     bytes_out: int = 0
     subscribers: int = 0
+    publishers: int = 0                # connections to the frontend open now (runners, or edge brokers)
+    # Frontend connections that ended after their handshake: a publisher that closed or went away, or one
+    # libzmq disconnected for a message over max_message_size (libzmq does not say which).
+    publisher_disconnects: int = 0
+    handshakes_refused: dict = dataclasses.field(default_factory=dict)  # (side, reason) -> count
+    acks_sent: int = 0                 # acknowledgement frames sent to the publishers
+    resend_requests: int = 0           # requests to a publisher to send a hole again (in those frames)
+    history: HistoryCounters | None = None  # the history thread's last snapshot; None without a history
 
 
 class Broker:
@@ -146,6 +166,7 @@ class Broker:
         self._stats = Stats()
         self._stats_lock = threading.Lock()
         self._started = False
+        self.started_at: float | None = None  # time.time() of start()
         self._ipc_files: list[tuple[str, int]] = []  # (path, inode) of the ipc:// files bound, removed at stop
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -158,6 +179,7 @@ class Broker:
             self._close_all()  # the journal (and its lock), the sockets, the context: a failed start keeps nothing
             raise
         self._started = True
+        self.started_at = time.time()
         return self
 
     def _start(self) -> None:
@@ -176,6 +198,9 @@ class Broker:
         ctx = self._context
         frontend = self._frontend = ctx.socket(zmq.XSUB)
         backend = self._backend = ctx.socket(zmq.XPUB)
+        # Watched before binding: a peer reconnecting at once (a broker restart) is counted too.
+        self._monitors = {frontend.get_monitor_socket(_WATCHED): PUBLISHERS,
+                          backend.get_monitor_socket(_WATCHED): SUBSCRIBERS}
         # A hostile or broken publisher sending an oversized message is disconnected by libzmq.
         frontend.setsockopt(zmq.MAXMSGSIZE, self.max_message_size)
         frontend.setsockopt(zmq.RCVHWM, self._rcvhwm)
@@ -190,6 +215,7 @@ class Broker:
         if self.history_endpoints:
             self._replier = ctx.socket(zmq.REP)
             self._replier.setsockopt(zmq.LINGER, 0)
+            self._monitors[self._replier.get_monitor_socket(_WATCHED)] = HISTORY
             if self.curve is not None:  # the history holds messages: subscribers' keys only
                 security.curve_server(self._replier, self.curve.pair, security.ServerCurve.SUBSCRIBERS)
             self.history_endpoints = self._bind(self._replier, self.history_endpoints, "history")
@@ -198,7 +224,6 @@ class Broker:
         self._control_proxy_side.bind(f"inproc://control-{self._name}")
         self._control = ctx.socket(zmq.PAIR)
         self._control.connect(f"inproc://control-{self._name}")
-        self._monitor = backend.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
 
         self._threads = [threading.Thread(target=self._run_proxy, name="zmq-emitter-proxy", daemon=True),
                          threading.Thread(target=self._run_manager, name="zmq-emitter-manager", daemon=True)]
@@ -208,6 +233,7 @@ class Broker:
             # fall behind under overload but can never slow or block forwarding.
             self._capture = ctx.socket(zmq.PUB)
             self._capture.setsockopt(zmq.SNDHWM, self._capture_hwm)
+            self._stats.history = self.history.counters()
             self._capture.bind(f"inproc://capture-{self._name}")
             self._captured = ctx.socket(zmq.SUB)
             self._captured.setsockopt(zmq.RCVHWM, self._capture_hwm)
@@ -266,7 +292,7 @@ class Broker:
         self._close_all()
 
     def _close_all(self) -> None:
-        for name in ("_frontend", "_backend", "_control", "_control_proxy_side", "_monitor",
+        for name in ("_frontend", "_backend", "_control", "_control_proxy_side",
                      "_replier", "_capture", "_captured", "_acker"):
             sock = getattr(self, name, None)
             if sock is not None:
@@ -274,6 +300,8 @@ class Broker:
         if self._upstream is not None:
             self._upstream.close()
             self._upstream = None
+        for monitor in getattr(self, "_monitors", ()):
+            monitor.close(linger=0)
         if self._auth is not None:
             self._auth.stop()
             self._auth = None
@@ -294,8 +322,9 @@ class Broker:
         self.stop()
 
     def stats(self) -> Stats:
+        """A copy of the counters, safe to call from any thread (e.g. a metrics scrape)."""
         with self._stats_lock:
-            return dataclasses.replace(self._stats)
+            return dataclasses.replace(self._stats, handshakes_refused=dict(self._stats.handshakes_refused))
 
     def upstream_stats(self) -> UpstreamStats | None:
         """The link to the central broker(s) of an edge broker (``--upstream``); None without one.
@@ -343,24 +372,23 @@ class Broker:
             log.error("the proxy stopped forwarding: %s", exc)
 
     def _run_manager(self) -> None:
-        """Owns the control and monitor sockets: counts subscribers, polls statistics, stops the proxy.
+        """Owns the control and monitor sockets: counts connections, polls statistics, stops the proxy.
 
         Never waits on the proxy: a statistics request is answered when the proxy gets to it (if
         its thread ended, never), and the loop goes on checking for ``stop`` every 0.1 s.
         """
         poller = zmq.Poller()
-        poller.register(self._monitor, zmq.POLLIN)
+        for monitor in self._monitors:
+            poller.register(monitor, zmq.POLLIN)
         poller.register(self._control, zmq.POLLIN)
         asking, next_ask = False, 0.0  # a STATISTICS request not answered yet; when to send the next one
         while not self._stopping.is_set():
             for sock, _ in poller.poll(100):
-                if sock is self._monitor:
-                    event = recv_monitor_message(sock, zmq.NOBLOCK)["event"]
-                    with self._stats_lock:
-                        self._stats.subscribers += 1 if event == zmq.EVENT_ACCEPTED else -1
-                else:
+                if sock is self._control:
                     self._read_proxy_counters(self._control.recv_multipart(zmq.NOBLOCK))
                     asking = False
+                else:
+                    self._count_connection(self._monitors[sock], recv_monitor_message(sock, zmq.NOBLOCK)["event"])
             now = time.monotonic()
             if self._forwarding.is_set() and not asking and now >= next_ask:
                 self._control.send(b"STATISTICS", zmq.NOBLOCK)
@@ -370,6 +398,23 @@ class Broker:
                 self._control.send(b"TERMINATE", zmq.NOBLOCK)
             except zmq.ZMQError:
                 pass  # the proxy's thread has ended already
+
+    def _count_connection(self, side: str, event: int) -> None:
+        """One monitor event: a connection accepted or ended, or a handshake refused (which ends it too)."""
+        with self._stats_lock:
+            stats = self._stats
+            if event in _REFUSED:
+                key = (side, _REFUSED[event])
+                stats.handshakes_refused[key] = stats.handshakes_refused.get(key, 0) + 1
+                if side == PUBLISHERS:  # its disconnection (next) is not a publisher's that went away
+                    stats.publisher_disconnects -= 1
+                return
+            step = 1 if event == zmq.EVENT_ACCEPTED else -1
+            if side == SUBSCRIBERS:
+                stats.subscribers += step
+            elif side == PUBLISHERS:
+                stats.publishers += step
+                stats.publisher_disconnects += step < 0
 
     def _run_history(self) -> None:
         """Owns the capture, acknowledgement and history sockets; the only thread touching ``history``."""
@@ -402,6 +447,8 @@ class Broker:
                     heard.add(env.publisher)
                 acknowledgements.heard(env.publisher)
 
+        acks_sent = resend_requests = 0
+        snapshot_at = 0.0
         while not self._stopping.is_set():
             ready = dict(poller.poll(10 if upstream is not None and upstream.more else 100))
             if captured in ready:
@@ -419,6 +466,14 @@ class Broker:
             ack = acknowledgements.due(now)
             if ack is not None:
                 acker.send(protocol.ack_frame(ack))
+                acks_sent += 1
+                resend_requests += len(ack.resend)
+            if now >= snapshot_at:  # for stats(): other threads never touch the history itself
+                counters = history.counters()
+                with self._stats_lock:
+                    self._stats.history, self._stats.acks_sent = counters, acks_sent
+                    self._stats.resend_requests = resend_requests
+                snapshot_at = now + SNAPSHOT_INTERVAL
             if upstream is not None:  # what is new goes up too; never blocks (upstream.py)
                 upstream.read()
                 upstream.pump(history, now, heard)

@@ -19,6 +19,9 @@ overload), which a message sent again fills later.  ``acked`` is the highest ``s
 which nothing is missing: what the broker may acknowledge (``acks.py`` asks publishers to
 send the holes again, and gives a hole up as lost when they cannot).
 
+Counters (``counters()``): what it recorded, forgot and missed since the process started,
+for the broker's metrics; the broker's history thread takes the snapshot, other threads read that.
+
 Durability (optional, ``persist_to(directory)``): a ``Journal`` of append-only segment
 files, reloaded when the broker starts again, even after SIGKILL.
 
@@ -116,6 +119,26 @@ class PublisherInfo:
         return i >= 0 and self.holes[i][1] >= seq
 
 
+@dataclasses.dataclass(frozen=True)
+class HistoryCounters:
+    """A snapshot of a history: what it holds now, and counts since the process started (loaded records too)."""
+
+    runs: int = 0                 # runs retained now
+    messages: int = 0             # messages retained now
+    bytes: int = 0                # bytes of them (all three frames)
+    publishers: int = 0           # publishers remembered now
+    pending: int = 0              # seqs missing below a publisher's last one, still asked for again
+    received: int = 0             # distinct messages recorded
+    duplicates: int = 0           # messages received again (and not recorded twice)
+    dropped: int = 0              # seqs found missing when a later one came: copies the capture socket dropped,
+    #                               or messages the publisher lost; sent again later, or else counted in missed
+    missed: int = 0               # seqs given up as lost
+    forgotten_runs: int = 0       # runs forgotten beyond max_runs
+    forgotten_messages: int = 0   # messages forgotten, beyond max_bytes or with their run
+    forgotten_bytes: int = 0
+    final_statuses: dict = dataclasses.field(default_factory=dict)  # final status -> runs that ended so
+
+
 class History:
     def __init__(self, max_runs: int = 100, max_bytes: int = 64 * 2**20):
         self.max_runs = max_runs
@@ -126,6 +149,10 @@ class History:
         self.publishers: dict[str, PublisherInfo] = {}
         self.holey: set[str] = set()  # publishers with holes
         self.journal: Journal | None = None
+        # Since start, for counters(): a few additions per message, on the history thread only.
+        self._received = self._duplicates = self._dropped = self._missed = 0
+        self._forgotten_runs = self._forgotten_messages = self._forgotten_bytes = 0
+        self._final_statuses: collections.Counter = collections.Counter()
 
     def persist_to(self, directory: str | os.PathLike) -> int:
         """Load what a journal in ``directory`` holds, then record every new message there too.
@@ -171,6 +198,7 @@ class History:
         if seq > last:  # the usual case: in order
             if last and seq > last + 1:  # copies missed: a hole, until they are sent again
                 pub.holes.append([last + 1, seq - 1])
+                self._dropped += seq - 1 - last
                 self.holey.add(env.publisher)
             pub.last_seq = seq
         elif pub.fill(seq):
@@ -179,8 +207,10 @@ class History:
                 self.holey.discard(env.publisher)
         else:
             pub.duplicates += 1
+            self._duplicates += 1
             return False
         pub.received += 1
+        self._received += 1
         pub.retained += 1
         key = (env.publisher, seq)
         if env.kind == "publisher":  # a closing report: kept for fetch, not part of any run
@@ -204,6 +234,8 @@ class History:
             elif seq < first_seq:  # filled a hole before it
                 first_seq = run.first_seq[env.publisher] = seq
             if env.kind == "status":
+                if env.name in protocol.FINAL_STATUSES and run.status not in protocol.FINAL_STATUSES:
+                    self._final_statuses[env.name] += 1
                 run.status = env.name
             run.keys.append(key)
             run.retained += 1
@@ -225,6 +257,7 @@ class History:
         first, last = pub.holes.pop(0)
         pub.missed += last - first + 1
         pub.given_up.append([first, last])
+        self._missed += last - first + 1
         if not pub.holes:
             self.holey.discard(publisher)
             self._forget_publisher_if_idle(publisher)
@@ -247,6 +280,8 @@ class History:
     def _forgotten(self, key: tuple[str, int], ident: str | None, size: int, pub: PublisherInfo) -> None:
         """Bookkeeping for a message no longer in ``_messages``."""
         self.bytes -= size
+        self._forgotten_messages += 1
+        self._forgotten_bytes += size
         pub.retained -= 1
         if pub.late:
             pub.late.discard(key[1])
@@ -259,10 +294,13 @@ class History:
 
     def _forget_run(self, ident: str) -> None:
         run = self._runs.pop(ident)
+        self._forgotten_runs += 1
         for key in run.keys:
             entry = self._messages.pop(key, None)
             if entry is not None:
                 self.bytes -= entry[2]
+                self._forgotten_messages += 1
+                self._forgotten_bytes += entry[2]
                 pub = self.publishers[key[0]]
                 pub.retained -= 1
                 pub.late.discard(key[1])
@@ -276,6 +314,15 @@ class History:
             del self.publishers[publisher]
 
     # -- queries ------------------------------------------------------------------------
+
+    def counters(self) -> HistoryCounters:
+        """What it holds and has counted, as one consistent snapshot (call from the thread that adds)."""
+        return HistoryCounters(
+            runs=len(self._runs), messages=len(self._messages), bytes=self.bytes, publishers=len(self.publishers),
+            pending=sum(self.publishers[p].pending for p in self.holey), received=self._received,
+            duplicates=self._duplicates, dropped=self._dropped, missed=self._missed,
+            forgotten_runs=self._forgotten_runs, forgotten_messages=self._forgotten_messages,
+            forgotten_bytes=self._forgotten_bytes, final_statuses=dict(self._final_statuses))
 
     def runs(self) -> list[dict]:
         return [run.summary() for run in self._runs.values()]

@@ -115,7 +115,7 @@ class _Seam:
     interval: float = SEAM_POLL_FIRST
 
 
-FINAL_STATUSES = frozenset({"successful", "failed", "timeout", "canceled", "error"})  # a run's last message
+FINAL_STATUSES = protocol.FINAL_STATUSES  # a run's last message
 KNOWN = "\x00known"  # _Seam.scope after a reconnect: the publishers this tracker has seen, not runs
 
 
