@@ -20,7 +20,7 @@ from test_security import Keys
 
 from zmq_emitter import protocol, security
 from zmq_emitter.broker import Broker
-from zmq_emitter.broker.metrics import UpstreamLinkStats, serve
+from zmq_emitter.consumers.subscriber import Subscriber
 
 ALERTS = Path(__file__).resolve().parent.parent / "docs" / "prometheus" / "alerts.yml"
 PROMTOOL = shutil.which("promtool", path=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")  # dev.py puts it in BIN
@@ -154,24 +154,23 @@ def test_a_message_over_max_message_size_disconnects_its_publisher_and_is_counte
         broker.stop()
 
 
-def test_a_broker_that_reports_upstream_links_gets_the_reserved_upstream_metrics(tmp_path):
-    class EdgeBroker(Broker):  # what broker/upstream.py provides: a snapshot of each link, from any thread
-        def upstream_stats(self):
-            return [UpstreamLinkStats("tcp://central-a:5557", True, 3, 120),
-                    UpstreamLinkStats("tcp://central-b:5557", False, 40, 80)]
-
-    with EdgeBroker([f"ipc://{tmp_path}/f"], [f"ipc://{tmp_path}/b"], startup_grace=0) as broker:
-        server = serve(broker, "127.0.0.1", 0)
-        try:
-            samples = scrape(server.url)
-        finally:
-            server.close()
-    assert {name: value for name, value in samples.items() if "upstream" in name} == {
-        P + 'upstream_up{upstream="tcp://central-a:5557"}': 1, P + 'upstream_up{upstream="tcp://central-b:5557"}': 0,
-        P + 'upstream_backlog_messages{upstream="tcp://central-a:5557"}': 3,
-        P + 'upstream_backlog_messages{upstream="tcp://central-b:5557"}': 40,
-        P + 'upstream_messages_sent_total{upstream="tcp://central-a:5557"}': 120,
-        P + 'upstream_messages_sent_total{upstream="tcp://central-b:5557"}': 80}
+def test_an_edge_brokers_upstream_metrics_count_what_went_up_to_a_real_central_broker(tmp_path):
+    central = BrokerProcess(f"ipc://{tmp_path}/cf", f"ipc://{tmp_path}/cb", "--startup-grace", "0",
+                            history=f"ipc://{tmp_path}/ch")
+    edge, url = metrics_broker(tmp_path, "--upstream", central.frontend)
+    try:
+        with RawPublisher(edge.frontend) as publisher, Subscriber(central.backend) as sub:
+            publisher.until_received(sub)  # runner -> edge -> central -> subscriber: the whole path is up
+            for seq in range(1, 51):
+                publisher.send("edge-run", "runner_on_ok", {"n": seq}, seq=seq)
+            label = f'{{upstream="{central.frontend}"}}'
+            samples = wait_metrics(url, {f"upstream_up{label}": 1,
+                                         f"upstream_messages_sent_total{label}": 50 + publisher._probes,
+                                         f"upstream_backlog_messages{label}": 0})
+    finally:
+        edge.stop()
+        central.stop()
+    assert samples[P + f"upstream_messages_lost_total{label}"] == 0
 
 
 def drain(sub: zmq.Socket) -> list[list[bytes]]:
@@ -253,7 +252,7 @@ def test_the_alert_rules_are_prometheus_rule_groups_on_the_brokers_metric_names(
         {rule["alert"] for rule in rules}
     # Each metric an expression names is one the broker serves (or reserves, for upstream links).
     served = set(scrape_once(tmp_path)) | {P + "upstream_up", P + "upstream_backlog_messages",
-                                           P + "upstream_messages_sent_total"}
+                                           P + "upstream_messages_sent_total"}  # (an edge broker's: test above)
     named = {name for rule in rules for name in re.findall(r"\b" + P + r"\w+", rule["expr"])}
     assert named and named <= {re.sub(r"\{.*", "", name) for name in served}, named - served
 

@@ -19,11 +19,9 @@ counters) — nothing is updated per message on the forwarding path, and the HTT
 touches the history itself.  It is served from a registry of its own (no process or platform
 metrics of the Python client mixed in) by prometheus_client's HTTP server, in a daemon thread.
 
-Upstream links (federation, ``--upstream``): a broker that has a method ``upstream_stats()``
-returning ``UpstreamLinkStats`` (one per upstream endpoint) gets the ``zmq_emitter_broker_upstream_*``
-metrics below; without it they are left out.  It is called from the HTTP server's thread at each
-scrape: it returns a snapshot taken under the link's own lock, never blocking on a socket.  The names are fixed here so that dashboards and
-``docs/prometheus/alerts.yml`` can rely on them.
+Upstream links (federation, ``--upstream``): an edge broker's ``upstream_stats()`` (``broker/upstream.py``:
+a snapshot, never blocking on a socket) gives the ``zmq_emitter_broker_upstream_*`` metrics, labelled
+with the ``--upstream`` endpoints; a broker without an upstream has none of them.
 
 Every metric is listed, with its meaning, in docs/operations.md ("Metrics").
 """
@@ -40,6 +38,7 @@ from prometheus_client.registry import Collector
 
 from .. import __version__, protocol
 from .broker import HISTORY, PUBLISHERS, SUBSCRIBERS, Broker
+from .upstream import UpstreamStats
 
 PREFIX = "zmq_emitter_broker"
 _ADDRESS = re.compile(r"^(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:\[\]]+)):(?P<port>\d+)$")
@@ -47,16 +46,6 @@ _ADDRESS = re.compile(r"^(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:\[\]]+)):(?P<port>\d+
 
 class MetricsError(ValueError):
     """The metrics cannot be served as asked; the message names ``--metrics``, the value and what to fix."""
-
-
-@dataclasses.dataclass(frozen=True)
-class UpstreamLinkStats:
-    """What a broker's ``upstream_stats()`` returns per upstream endpoint (the federation's hook)."""
-
-    endpoint: str            # the upstream broker's frontend, as given to --upstream
-    up: bool                 # connected (its handshake done) now
-    backlog_messages: int    # messages received here and not yet acknowledged by that broker
-    messages_sent: int       # messages forwarded to it since start
 
 
 def parse_address(value: str) -> tuple[str, int]:
@@ -151,9 +140,9 @@ class BrokerCollector(Collector):
 
         if stats.history is not None:
             yield from self._history(stats)
-        upstream_stats = getattr(broker, "upstream_stats", None)
-        if callable(upstream_stats):
-            yield from self._upstream(upstream_stats())
+        upstream = broker.upstream_stats()
+        if upstream is not None:
+            yield from self._upstream(upstream)
 
     def _history(self, stats) -> Iterator[Metric]:
         history = stats.history
@@ -187,16 +176,21 @@ class BrokerCollector(Collector):
         yield finished
 
     @staticmethod
-    def _upstream(links) -> Iterator[Metric]:
-        up = GaugeMetricFamily(f"{PREFIX}_upstream_up", "1 while the link to this upstream broker is up.",
-                               labels=["upstream"])
-        backlog = GaugeMetricFamily(f"{PREFIX}_upstream_backlog_messages", "Messages received here and not yet "
-                                    "acknowledged by this upstream broker.", labels=["upstream"])
-        sent = CounterMetricFamily(f"{PREFIX}_upstream_messages_sent", "Messages forwarded to this upstream broker.",
-                                   labels=["upstream"])
-        for link in links:
-            up.add_metric([link.endpoint], 1 if link.up else 0)
-            backlog.add_metric([link.endpoint], link.backlog_messages)
-            sent.add_metric([link.endpoint], link.messages_sent)
-        yield from (up, backlog, sent)
+    def _upstream(link: UpstreamStats) -> Iterator[Metric]:
+        label = [",".join(link.endpoints)]
+
+        def family(kind, name: str, text: str, value: float) -> Metric:
+            metric = kind(f"{PREFIX}_{name}", text, labels=["upstream"])
+            metric.add_metric(label, value)
+            return metric
+
+        yield family(GaugeMetricFamily, "upstream_up", "1 while a connection to a central broker is up.",
+                     1 if link.connected else 0)
+        yield family(GaugeMetricFamily, "upstream_backlog_messages", "Messages the history holds that a known "
+                     "central broker has not acknowledged.", link.backlog)
+        yield family(CounterMetricFamily, "upstream_messages_sent", "Messages sent up for the first time.", link.sent)
+        yield family(CounterMetricFamily, "upstream_messages_resent", "Messages sent up again (a central broker came "
+                     "back, or asked for a hole).", link.resent)
+        yield family(CounterMetricFamily, "upstream_messages_lost", "Messages forgotten by this broker's history "
+                     "before a central broker acknowledged them (logged with their range).", link.lost)
 
