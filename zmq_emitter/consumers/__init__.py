@@ -4,6 +4,7 @@
 - ``link``        the connections' health, from socket-monitor events (sans-I/O): ``Link``
 - ``subscriber``  the library: ``Subscriber`` / ``AsyncSubscriber``, thin shells around the core
 - ``tail``        the terminal view (``zmq-emitter tail``)
+- ``eda``         the Event-Driven Ansible source (``ansible-rulebook``; docs/eda.md)
 
     >>> from zmq_emitter.consumers import Subscriber
 """
