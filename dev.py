@@ -30,7 +30,7 @@ def ensure_venv() -> None:
     if not stamp.exists() or stamp.read_text() != digest:
         pip = [str(PYTHON), "-m", "pip", "install", "--disable-pip-version-check", "--quiet"]
         subprocess.check_call(pip + ["--upgrade", "pip"])
-        subprocess.check_call(pip + ["--editable", f"{ROOT}[test]"])
+        subprocess.check_call(pip + ["--editable", f"{ROOT}[test,eda]"])
         stamp.write_text(digest)
 
 

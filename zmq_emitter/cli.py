@@ -380,6 +380,35 @@ def demo(
     raise typer.Exit(code)
 
 
+eda_app = typer.Typer(no_args_is_help=True, help="The Event-Driven Ansible source (docs/eda.md).")
+app.add_typer(eda_app, name="eda")
+
+
+@eda_app.command("install")
+def eda_install(
+    path: Optional[str] = typer.Option(None, "--path", help="Collections directory to install into "
+                                       "(default: ansible-galaxy's own, such as ~/.ansible/collections)."),
+) -> None:
+    """Install the collection zmq_emitter.eda shipped in this package, offline, with ansible-galaxy."""
+    import shutil
+    import subprocess
+
+    from .consumers import eda
+
+    galaxy = shutil.which("ansible-galaxy")
+    if galaxy is None:
+        _fail("ansible-galaxy not found on PATH: install ansible-core (pip install 'ansible-runner-zmq[eda]')")
+    raise typer.Exit(subprocess.call(eda.install_command(galaxy, path)))
+
+
+@eda_app.command("sources")
+def eda_sources() -> None:
+    """Print the directory of the source file, for ansible-rulebook -S (the source is then 'runner_events')."""
+    from .consumers import eda
+
+    typer.echo(str(eda.SOURCES))
+
+
 def main() -> None:
     app(prog_name="zmq-emitter")
 

@@ -192,7 +192,8 @@ class Message:
     """One decoded message.
 
     ``payload`` is the dict the plugin was handed; ``raw_payload`` the payload frame as
-    received (the exact published bytes, e.g. for printing JSON unchanged).
+    received (the exact published bytes, e.g. for printing JSON unchanged).  ``from_history``:
+    a subscriber had it from a broker's history (a replay, a gap recovered), not live.
     """
 
     kind: str
@@ -204,6 +205,7 @@ class Message:
     payload: Any
     raw_payload: bytes
     topic: bytes
+    from_history: bool = False
 
 
 def _head(frames: list[bytes]) -> tuple[str, str, str, str, str, int]:

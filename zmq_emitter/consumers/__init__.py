@@ -3,6 +3,7 @@
 - ``core``        the sans-I/O core: ``Tracker`` (messages, gaps, history dialogues), ``Dialogue``
 - ``subscriber``  the library: ``Subscriber`` / ``AsyncSubscriber``, thin shells around the core
 - ``tail``        the terminal view (``zmq-emitter tail``)
+- ``eda``         the Event-Driven Ansible source (``ansible-rulebook``; docs/eda.md)
 
     >>> from zmq_emitter.consumers import Subscriber
 """

@@ -217,7 +217,8 @@ class Tracker:
             if seq > first:
                 self.lost(Gap(gap.publisher, first, seq - 1))
             first = seq + 1
-        wanted = [found[seq] for seq in sorted(found) if found[seq].topic.startswith(self.prefixes)]
+        wanted = [dataclasses.replace(found[seq], from_history=True) for seq in sorted(found)
+                  if found[seq].topic.startswith(self.prefixes)]
         self._filling.pop(gap.publisher, None)  # from here on, ready accounts for what is not handed out
         self.counts.recovered += len(wanted)
         self.counts.received += len(wanted)
@@ -423,7 +424,7 @@ class Tracker:
             for seq in sorted(by_seq):
                 msg = self.accept(by_seq[seq], detect_gaps=False)
                 if msg is not None:
-                    self.ready.append(msg)
+                    self.ready.append(dataclasses.replace(msg, from_history=True))
                     queued += 1
         for gap in _merge_ranges(missing, returned):
             self.lost(gap)
@@ -447,6 +448,38 @@ class Tracker:
             self._history_trouble = trouble
             self.on_error(trouble)
         return None
+
+
+def host_of(payload: object) -> str | None:
+    """The host an ansible-runner event is about (``event_data.host``), or None (a status, a play's start).
+
+    >>> host_of({"event": "runner_on_failed", "event_data": {"host": "web2"}})
+    'web2'
+    """
+    if isinstance(payload, dict):
+        event_data = payload.get("event_data")
+        if isinstance(event_data, dict):
+            host = event_data.get("host") or event_data.get("remote_addr")
+            return None if host is None else str(host)
+    return None
+
+
+def matches(msg: Message, kinds: Iterable[str], idents: Iterable[str] = (), events: Iterable[str] = (),
+            hosts: Iterable[str] = ()) -> bool:
+    """Whether ``msg`` passes a consumer's filters: its kind among ``kinds``, its run among ``idents``,
+    and, for an event, its name among ``events`` and its host among ``hosts`` (an empty filter passes all).
+
+    What a subscription cannot filter (event names across runs, hosts) is filtered here, once for
+    ``zmq-emitter tail`` and the Event-Driven Ansible source alike.
+    """
+    if msg.kind not in kinds or (idents and msg.ident not in idents):
+        return False
+    if msg.kind == "event":
+        if events and msg.name not in events:
+            return False
+        if hosts and host_of(msg.payload) not in hosts:
+            return False
+    return True
 
 
 # -- checking history replies (a history service is a peer like any other: never trust its shapes) --

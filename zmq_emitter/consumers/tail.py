@@ -26,6 +26,7 @@ import orjson
 
 from .. import protocol
 from ..protocol import Message
+from .core import host_of, matches
 from .subscriber import Gap, Subscriber, subscriptions
 
 FORMATS = ("pretty", "json", "stdout")
@@ -56,23 +57,7 @@ class Filters:
         return subscriptions(self.kinds, self.ident, self.events)
 
     def match(self, msg: Message) -> bool:
-        if msg.kind not in self.kinds or (self.ident is not None and msg.ident != self.ident):
-            return False
-        if msg.kind == "event":
-            if self.events and msg.name not in self.events:
-                return False
-            if self.hosts and host_of(msg.payload) not in self.hosts:
-                return False
-        return True
-
-
-def host_of(payload: object) -> str | None:
-    if isinstance(payload, dict):
-        event_data = payload.get("event_data")
-        if isinstance(event_data, dict):
-            host = event_data.get("host") or event_data.get("remote_addr")
-            return None if host is None else str(host)
-    return None
+        return matches(msg, self.kinds, () if self.ident is None else (self.ident,), self.events, self.hosts)
 
 
 def _when(msg: Message) -> str:
