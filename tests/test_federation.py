@@ -13,6 +13,7 @@ from conftest import (BIN, FINAL_STATUSES, BrokerProcess, RawPublisher, collect_
                       runner_env, wait_until)
 
 from zmq_emitter import protocol, security
+from zmq_emitter.broker.upstream import UpstreamLink
 from zmq_emitter.consumers.subscriber import Subscriber
 
 
@@ -184,3 +185,47 @@ def test_what_the_edge_history_forgot_before_the_central_had_it_is_logged_with_i
     assert got and got[-1] == 50 and got == list(range(got[0], 51))  # what the edge still had, in order
     lost = [line for line in edge.log if "forgotten by this broker's history" in line and "feedfacecafebeef" in line]
     assert len(lost) == 1 and f"publisher feedfacecafebeef seq 1..{got[0] - 1} " in lost[0]
+
+
+def presence(name: str, token: str) -> bytes:
+    return b"\x01" + protocol.presence_topic(protocol.Presence(name, token, 2**24))
+
+
+def sent_all(link: UpstreamLink) -> None:
+    for pub, first, last in link.due():
+        for seq in range(first, last + 1):
+            link.was_sent(pub, seq)
+
+
+def test_a_subscription_a_central_passes_up_from_its_subscribers_sends_nothing_again():
+    """A central passes up its subscribers' subscriptions (a new topic: each `tail --ident`) as well as its own:
+    as long as the central takes the messages, none of them calls for what it has not acknowledged yet."""
+    link = UpstreamLink()
+    link.upstream(presence("central", "t1"))
+    link.upstream(b"\x01")
+    link.holds("p1", first=1, upto=300)
+    sent_all(link)
+    link.upstream(b"\x01")  # its subscribers' subscription, passed up after its own
+    link.upstream(b"\x01" + protocol.run_prefix("event", "run-a"))  # a `tail --ident run-a`
+    assert link.due() == []
+    assert (link.sent, link.resent) == (300, 0)
+
+
+def test_a_central_that_comes_back_or_a_second_central_gets_what_it_has_not_acknowledged():
+    link = UpstreamLink()
+    link.upstream(presence("central", "t1"))
+    link.upstream(b"\x01")
+    link.holds("p1", first=1, upto=10)
+    sent_all(link)
+    link.upstream(protocol.ack_frame(protocol.Ack("central", "t1", {"p1": 4})))
+    link.upstream(b"\x00" + protocol.presence_topic(protocol.Presence("central", "t1", 2**24)))
+    link.upstream(b"\x00")  # its connection went (killed): its subscriptions with it
+    link.upstream(presence("central", "t2"))  # restarted
+    assert link.due() == []  # not before its data subscription (after its start-up grace)
+    link.upstream(b"\x01")
+    assert link.due() == [("p1", 5, 10)]
+    sent_all(link)
+    link.upstream(protocol.ack_frame(protocol.Ack("central", "t2", {"p1": 10})))
+    link.upstream(presence("other", "t3"))  # a second central, while the first takes the messages
+    link.upstream(b"\x01")
+    assert link.due() == [("p1", 1, 10)]

@@ -34,22 +34,31 @@ FRONTEND, BACKEND, HISTORY = 5557, 5558, 5559
 IDENTS = ("run-one", "run-two")
 
 
-class RedundantPair:
-    """The hosts, the two brokers, and what runs on them; see the module docstring."""
+class Deployment:
+    """Two runner hosts and a subscriber host around some brokers (``RedundantPair``, or the federation of
+    ``test_network_federation.py``): the runs and the consumers, whatever the brokers.
+
+    A subclass sets ``backends`` and ``histories`` (the endpoints the subscriber host uses),
+    ``subscribed_hosts`` (the hosts of those backends) and ``brokers``, and says with ``urls``
+    where each runner host publishes.
+    """
+
+    backends: list[str]
+    histories: list[str]
+    subscribed_hosts: list
+    brokers: list[BrokerProcess]
 
     def __init__(self, network, tmp_path: Path):
         self.network, self.tmp_path = network, tmp_path
         self.runners = [network.host("runner1"), network.host("runner2")]
-        self.broker_hosts = [network.host("broker1"), network.host("broker2")]
         self.sub = network.host("sub")
-        self.brokers = [BrokerProcess(f"tcp://{h.address}:{FRONTEND}", f"tcp://{h.address}:{BACKEND}",
-                                      "--startup-grace", "0", history=f"tcp://{h.address}:{HISTORY}", host=h)
-                        for h in self.broker_hosts]
-        self.backends = [b.backend for b in self.brokers]
-        self.histories = [b.history for b in self.brokers]
+
+    def urls(self, runner) -> str:
+        """``runner_zmq_url`` of runner host ``runner``."""
+        raise NotImplementedError
 
     def collect(self, how: str = "live", histories: list[str] | None = None) -> subprocess.Popen:
-        """A library Subscriber on the subscriber host, connected to both brokers (``streams.py collect``)."""
+        """A library Subscriber on the subscriber host, connected to ``backends`` (``streams.py collect``)."""
         out = tempfile.TemporaryFile("w+")
         proc = self.sub.start([sys.executable, STREAMS, "collect", ",".join(self.backends),
                                ",".join(histories or self.histories), ",".join(IDENTS), how, "90"],
@@ -58,25 +67,24 @@ class RedundantPair:
         return proc
 
     def tail(self, ident: str, *args: str) -> subprocess.Popen:
-        """``zmq-emitter tail --connect A --connect B --ident IDENT --until-done --format json`` on the subscriber host."""
+        """``zmq-emitter tail --connect A [--connect B] --ident IDENT --until-done --format json`` on the subscriber host."""
         connects = [arg for backend in self.backends for arg in ("--connect", backend)]
         return tail(*connects, "--ident", ident, "--until-done", "--format", "json", "--timeout", "90", *args,
                     host=self.sub)
 
     def wait_subscribers(self, count: int) -> None:
-        """Until ``count`` subscriber connections are up at each broker's backend (a SUB subscribes as soon as
-        its connection is up, long before a run started afterwards publishes)."""
-        for host in self.broker_hosts:
+        """Until ``count`` subscriber connections are up at each backend the subscribers use (a SUB subscribes as
+        soon as its connection is up, long before a run started afterwards publishes)."""
+        for host in self.subscribed_hosts:
             wait_until(lambda: host.connections(BACKEND) >= count, 30, 0.1, f"{count} subscribers at {host}")
 
     def start_runs(self, steps: int = 40) -> list[tuple[subprocess.Popen, Path]]:
         """Both runner hosts start their run; each host has its own project copy and spool (as separate machines)."""
-        urls = ",".join(b.frontend for b in self.brokers)
         runs = []
         for host, ident in zip(self.runners, IDENTS):
             project = self.tmp_path / f"project-{host.name}"
             shutil.copytree(PROJECT, project)
-            env = runner_env(RUNNER_ZMQ_URL=urls, XDG_STATE_HOME=str(self.tmp_path / f"state-{host.name}"))
+            env = runner_env(RUNNER_ZMQ_URL=self.urls(host), XDG_STATE_HOME=str(self.tmp_path / f"state-{host.name}"))
             err = tempfile.TemporaryFile("w+")
             proc = host.start([str(BIN / "ansible-runner"), "run", str(project), "-p", "long.yml", "--ident", ident,
                                "--cmdline", f"-e steps={steps}"], env=env, stdout=subprocess.DEVNULL, stderr=err,
@@ -97,6 +105,22 @@ class RedundantPair:
     def stop(self) -> None:
         for broker in self.brokers:
             broker.stop()
+
+
+class RedundantPair(Deployment):
+    """Two brokers; each runner host publishes to both, the subscriber host connects to both."""
+
+    def __init__(self, network, tmp_path: Path):
+        super().__init__(network, tmp_path)
+        self.broker_hosts = self.subscribed_hosts = [network.host("broker1"), network.host("broker2")]
+        self.brokers = [BrokerProcess(f"tcp://{h.address}:{FRONTEND}", f"tcp://{h.address}:{BACKEND}",
+                                      "--startup-grace", "0", history=f"tcp://{h.address}:{HISTORY}", host=h)
+                        for h in self.broker_hosts]
+        self.backends = [b.backend for b in self.brokers]
+        self.histories = [b.history for b in self.brokers]
+
+    def urls(self, runner) -> str:
+        return ",".join(b.frontend for b in self.brokers)
 
 
 @pytest.fixture

@@ -94,6 +94,7 @@ class UpstreamLink:
         self._warned: set = set()
         self.centrals = KnownBrokers(self._warn_once, "upstream: ")  # by name: the same across their restarts
         self.subscribed = False     # a data subscription is there: sends reach a central
+        self._arrived = False       # a central announced itself since the last data subscription
         self._subscriptions: set[bytes] = set()
         self._held: dict[str, tuple[int, int]] = {}  # pub -> (first, upto): the history holds first..upto, no hole
         self._next: dict[str, int] = {}   # pub -> the next seq to send
@@ -111,9 +112,14 @@ class UpstreamLink:
                 if presence is not None:
                     (self._arrive if flag == b"\x01" else self._leave)(presence)
             elif flag == b"\x01":
+                # Only a central that came (back) gets what it has not acknowledged: a central passes up
+                # its subscribers' subscriptions too, and one of them, coming while the central already
+                # takes the messages, would otherwise send again everything not yet acknowledged.
+                if not self.subscribed or self._arrived:
+                    self._send_unacknowledged_again()
+                self._arrived = False
                 self._subscriptions.add(topic)
                 self.subscribed = True
-                self._send_unacknowledged_again()  # a central (back) or a new one: what it has not acknowledged
             else:
                 self._subscriptions.discard(topic)
                 self.subscribed = bool(self._subscriptions)
@@ -128,6 +134,7 @@ class UpstreamLink:
                                        f"{presence.broker!r}: --upstream points back at this broker (a loop); "
                                        "each message goes round once, then the history stops it")
         self.centrals.arrive(presence)
+        self._arrived = True  # its data subscription (after its start-up grace) calls for the backlog
 
     def _leave(self, presence: protocol.Presence) -> None:
         self.centrals.leave(presence)
