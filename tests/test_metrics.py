@@ -40,7 +40,11 @@ def scrape(url: str) -> dict[str, float]:
     """Every sample of the page, parsed by prometheus_client: ``name{label="value",...}`` -> value."""
     with urllib.request.urlopen(url, timeout=10) as response:
         assert response.headers["Content-Type"].startswith("text/plain")
-        text = response.read().decode()
+        return scrape_text(response.read().decode())
+
+
+def scrape_text(text: str) -> dict[str, float]:
+    """The samples of a metrics page's text (``scrape``)."""
     samples = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:

@@ -14,16 +14,19 @@ nobody subscribed yet).
 """
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from conftest import BrokerProcess, wait_until
+from test_metrics import P, scrape_text
 from test_network import (BACKEND, FRONTEND, HISTORY, IDENTS, Deployment, assert_every_event_once_in_order,
                           collected, messages_so_far)
 
 pytestmark = pytest.mark.network
+METRICS = 9100  # the central broker's --metrics port, scraped from the subscriber host
 
 
 class Federation(Deployment):
@@ -37,6 +40,7 @@ class Federation(Deployment):
         address = self.central_host.address
         self.central = BrokerProcess(f"tcp://{address}:{FRONTEND}", f"tcp://{address}:{BACKEND}",
                                      "--startup-grace", "1", "--history-dir", str(tmp_path / "central-history"),
+                                     "--metrics", f"{address}:{METRICS}",
                                      history=f"tcp://{address}:{HISTORY}", host=self.central_host)
         self.edges = [BrokerProcess(f"tcp://{h.address}:{FRONTEND}", f"tcp://{h.address}:{BACKEND}",
                                     "--startup-grace", "0", "--upstream", self.central.frontend,
@@ -90,6 +94,23 @@ def test_every_event_of_every_site_reaches_the_central_subscriber_once_in_order_
     runs = federation.start_runs()
     messages = federation.assert_central_subscriber_got_everything_once(sub, runs)
     assert len({m["pub"] for m in messages}) == 2  # one publisher per runner host, each through its own edge
+    # The central's metrics, scraped over the test network from the subscriber host: every message of both runs
+    # (and the runners' closing reports) recorded once, both runs finished, nothing missed.
+    url = f"http://{federation.central_host.address}:{METRICS}/metrics"
+    expected = {"history_messages_recorded_total": len(messages) + 2, "history_missed_messages_total": 0,
+                'runs_finished_total{status="successful"}': 2}
+    samples = {}
+
+    def counted() -> bool:
+        nonlocal samples
+        page = federation.sub.run([sys.executable, "-c", f"import urllib.request; print(urllib.request.urlopen("
+                                   f"{url!r}, timeout=10).read().decode())"], timeout=30)
+        assert page.returncode == 0, page.stderr
+        samples = scrape_text(page.stdout)
+        return all(samples.get(P + name) == value for name, value in expected.items())
+
+    wait_until(counted, 30, 0.5, "the central's metrics counting both runs")
+    assert samples[P + "messages_received_total"] >= len(messages) + 2, samples
 
 
 def test_an_edge_host_cut_off_for_a_while_mid_run_loses_the_central_subscriber_nothing(federation):
