@@ -29,7 +29,7 @@ def ensure_venv() -> None:
     if not stamp.exists() or stamp.read_text() != digest:
         pip = [str(PYTHON), "-m", "pip", "install", "--disable-pip-version-check", "--quiet"]
         subprocess.check_call(pip + ["--upgrade", "pip"])
-        subprocess.check_call(pip + ["--editable", f"{ROOT}[test]"])
+        subprocess.check_call(pip + ["--editable", f"{ROOT}[test,jetstream]"])
         stamp.write_text(digest)
 
 
@@ -55,6 +55,7 @@ DEBIAN = {
     "cc": "gcc", "pkg-config": "pkg-config",  # the C subscriber example, built by its test
     "/usr/include/zmq.h": "libzmq3-dev", "/usr/include/cjson/cJSON.h": "libcjson-dev",
     "/usr/include/msgpack.h": "libmsgpack-dev",
+    "nats-server": "nats-server",  # the JetStream cluster tests/test_jetstream.py starts
 }
 
 
