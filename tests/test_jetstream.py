@@ -8,22 +8,26 @@ real ``ansible-runner run`` processes through a real broker process.  Without ``
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import signal
 import socket
 import subprocess
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from conftest import BrokerProcess, FINAL_STATUSES, job_events, run_cli, runner_env, wait_run_recorded, wait_until
+
+from conftest import BIN, BrokerProcess, FINAL_STATUSES, job_events, run_cli, runner_env, wait_run_recorded, wait_until
 from zmq_emitter import protocol
 from zmq_emitter.broker.jetstream import frames_of
 from zmq_emitter.consumers.subscriber import Subscriber
 
 NATS_SERVER = shutil.which("nats-server")
 nats = pytest.importorskip("nats", reason="nats-py not installed: pip install '.[jetstream]' (dev.py does)")
+import nats.js.errors  # noqa: E402 (after the skip: nats-py may be missing)
 pytestmark = pytest.mark.skipif(NATS_SERVER is None, reason="nats-server not installed (apt-get install "
                                                             "nats-server; `python3 dev.py test` does it as root)")
 STREAM = "ZMQ_EMITTER"
@@ -116,9 +120,13 @@ def cluster(tmp_path):
         nodes.stop()
 
 
-def jetstream_broker(tmp_path: Path, cluster: NatsCluster, *extra: str) -> BrokerProcess:
-    return BrokerProcess(f"ipc://{tmp_path}/frontend", f"ipc://{tmp_path}/backend", "--startup-grace", "0",
-                         "--jetstream", cluster.urls, "--jetstream-replicas", "3", *extra)
+@pytest.fixture
+def broker(tmp_path, cluster):
+    """``zmq-emitter broker --jetstream`` on the cluster, stream of 3 replicas, in its own process."""
+    proc = BrokerProcess(f"ipc://{tmp_path}/frontend", f"ipc://{tmp_path}/backend", "--startup-grace", "0",
+                         "--jetstream", cluster.urls, "--jetstream-replicas", "3")
+    yield proc
+    proc.stop()
 
 
 def assert_stored_once_in_order(urls: str, idents: list[str], *, in_stream_order: bool = True) -> dict:
@@ -145,21 +153,100 @@ def assert_stored_once_in_order(urls: str, idents: list[str], *, in_stream_order
     return seqs
 
 
+def assert_run_stored(result, project: Path, urls: str, ident: str) -> None:
+    """The run ended as the demo does (web2 fails), nothing spooled (all acknowledged), all of it stored once."""
+    assert result.returncode == 2, result.stderr
+    assert "spool" not in result.stderr, result.stderr
+    assert_stored_once_in_order(urls, [ident], in_stream_order=False)
+    assert events_of(urls, ident) == len(job_events(project, ident))
+
+
 def events_of(urls: str, ident: str) -> int:
     return sum(1 for _, f in stored_messages(urls) if protocol.envelope(f).ident == ident
                and protocol.envelope(f).kind == "event")
 
 
-def test_every_message_of_real_runs_is_stored_once_in_order(tmp_path, project, cluster):
-    broker = jetstream_broker(tmp_path, cluster)
-    try:
-        env = runner_env(RUNNER_ZMQ_URL=broker.frontend)
-        for ident in ("js-run-1", "js-run-2"):
-            result = run_cli(project, ident, env)
-            assert result.returncode == 2, result.stderr  # web2 fails
-            assert "spool" not in result.stderr, result.stderr  # every message acknowledged: nothing kept
-        assert_stored_once_in_order(cluster.urls, ["js-run-1", "js-run-2"])
-        for ident in ("js-run-1", "js-run-2"):
-            assert events_of(cluster.urls, ident) == len(job_events(project, ident))
-    finally:
-        broker.stop()
+def test_every_message_of_real_runs_is_stored_once_in_order(project, cluster, broker):
+    env = runner_env(RUNNER_ZMQ_URL=broker.frontend)
+    for ident in ("js-run-1", "js-run-2"):
+        result = run_cli(project, ident, env)
+        assert result.returncode == 2, result.stderr  # web2 fails
+        assert "spool" not in result.stderr, result.stderr  # every message acknowledged: nothing kept
+    assert_stored_once_in_order(cluster.urls, ["js-run-1", "js-run-2"])
+    for ident in ("js-run-1", "js-run-2"):
+        assert events_of(cluster.urls, ident) == len(job_events(project, ident))
+
+
+def stream_leader(urls: str) -> int:
+    """The index of the node leading the stream, once the broker has made the stream."""
+    async def leader() -> str | None:
+        nc = await nats.connect(urls.split(","), connect_timeout=2)
+        try:
+            return (await nc.jsm().stream_info(STREAM)).cluster.leader
+        except nats.js.errors.NotFoundError:
+            return None
+        finally:
+            await nc.close()
+    found = []
+    wait_until(lambda: found.append(asyncio.run(leader())) or found[-1], 30, 0.1, "the stream made, with a leader")
+    return int(found[-1].removeprefix("node"))
+
+
+def run_in_background(project: Path, ident: str, env: dict, broker: BrokerProcess) -> Future:
+    """``run_cli`` in a thread; returns once the broker's history has seen the run start."""
+    future = ThreadPoolExecutor(1).submit(run_cli, project, ident, env)
+    with Subscriber([], history=broker.history) as asker:
+        wait_until(lambda: any(run["ident"] == ident for run in asker.runs()), 60, 0.05, f"run {ident} started")
+    return future
+
+
+def test_a_nats_node_killed_mid_run_loses_nothing_and_stores_nothing_twice(project, cluster, broker):
+    env = runner_env(RUNNER_ZMQ_URL=broker.frontend, RUNNER_ZMQ_LINGER="60000")
+    run = run_in_background(project, "js-node-kill", env, broker)  # the stream exists by now
+    leader = stream_leader(cluster.urls)
+    cluster.kill(leader)  # the stream's leader: JetStream elects another, publishes in between are retried
+    result = run.result(120)
+    assert_run_stored(result, project, cluster.urls, "js-node-kill")
+
+
+def test_the_broker_killed_and_restarted_mid_run_loses_nothing_and_stores_nothing_twice(project, cluster, broker):
+    env = runner_env(RUNNER_ZMQ_URL=broker.frontend, RUNNER_ZMQ_LINGER="60000")
+    run = run_in_background(project, "js-broker-kill", env, broker)
+    broker.kill()
+    broker.start()  # an empty memory: the runner sends again what was not acknowledged, JetStream keeps one copy
+    result = run.result(120)
+    assert_run_stored(result, project, cluster.urls, "js-broker-kill")
+
+
+def test_nats_down_for_seconds_stops_acknowledgements_then_catches_up_with_nothing_lost_or_twice(project, cluster,
+                                                                                               broker):
+    env = runner_env(RUNNER_ZMQ_URL=broker.frontend, RUNNER_ZMQ_LINGER="60000")
+    run = run_in_background(project, "js-nats-down", env, broker)
+    wait_until(lambda: "storing in stream" in broker.stderr(), 30, 0.1, "the broker stores in JetStream")
+    cluster.stop()
+    wait_until(lambda: "NATS unreachable" in broker.stderr(), 30, 0.1, "the broker says NATS is unreachable")
+    wait_run_recorded(broker.history, "js-nats-down", 60)  # forwarding and the memory history go on
+    time.sleep(3)  # NATS stays down for a while after the run ended: the runner still waits, unacknowledged
+    assert not run.done(), "the runner stopped waiting: acknowledged what JetStream had not stored"
+    for i in range(3):
+        cluster.start(i)
+    result = run.result(120)  # acknowledgements resumed: the runner's linger ends before its 60 s
+    wait_until(lambda: broker.stderr().count("storing in stream") == 2, 10, 0.1, "one log line: NATS back")
+    assert broker.stderr().count("NATS unreachable") == 1, broker.stderr()  # one line per change of state
+    assert_run_stored(result, project, cluster.urls, "js-nats-down")
+
+
+def test_tail_replay_after_a_broker_restart_with_empty_memory_is_served_from_jetstream(project, cluster, broker):
+    ident = "js.replay *>"  # dots and wildcards in the ident: one subject token all the same
+    result = run_cli(project, ident, runner_env(RUNNER_ZMQ_URL=broker.frontend))
+    assert result.returncode == 2, result.stderr
+    broker.kill()
+    broker.start()
+    wait_until(lambda: broker.stderr().count("storing in stream") == 2, 30, 0.1, "restarted broker on NATS")
+    tail = subprocess.run([str(BIN / "zmq-emitter"), "tail", "--connect", broker.backend, "--history",
+                           broker.history, "--replay", "--ident", ident, "--until-done", "--format", "json",
+                           "--timeout", "30"], capture_output=True, text=True, timeout=60)
+    assert tail.returncode == 1, tail.stderr + broker.stderr()  # --until-done: the run failed (web2)
+    lines = [json.loads(line) for line in tail.stdout.splitlines()]
+    assert [line["status"] for line in lines if "event" not in line] == ["starting", "running", "failed"]
+    assert [line for line in lines if "event" in line] == job_events(project, ident)

@@ -491,6 +491,53 @@ class JetStreamStore:
                 out.append(frames)
         return out
 
+    async def _runs(self, known: set[str]) -> tuple[list[dict], list[dict]]:
+        """The runs the stream holds that are not in ``known`` (the memory's), and their publishers.
+
+        From the stream's subject counts (one request), then per run the last message of each of
+        its status subjects (its final status is its publisher's last message of the run): a run's
+        status, its message count, its publishers and their highest seq."""
+        from nats.js.errors import NotFoundError
+
+        jsm, settings = self._nc.jsm(), self.settings
+        info = await jsm.stream_info(settings.stream, subjects_filter=f"{settings.prefix}.>")
+        runs: dict[str, dict] = {}
+        status_subjects: dict[str, list[str]] = {}
+        for subj, count in (info.state.subjects or {}).items():
+            parts = subj[len(settings.prefix) + 1:].split(".")
+            if len(parts) != 4 or parts[1] not in ("status", "event"):
+                continue
+            ident = untoken(parts[0])
+            if ident in known:
+                continue
+            run = runs.setdefault(ident, {"ident": ident, "status": None, "messages": 0, "retained": 0,
+                                          "publishers": set(), "first_seen": None, "last_seen": None})
+            run["messages"] += count
+            run["retained"] += count
+            run["publishers"].add(untoken(parts[3]))
+            if parts[1] == "status":
+                status_subjects.setdefault(ident, []).append(subj)
+        publishers: dict[str, int] = {}
+        for ident, subjects in status_subjects.items():
+            last = None
+            for subj in subjects:
+                try:
+                    msg = await jsm.get_last_msg(settings.stream, subj)
+                except NotFoundError:
+                    continue
+                frames = frames_of(msg.headers, msg.data)
+                env = protocol.envelope(frames) if frames else None
+                if env is None:
+                    continue
+                publishers[env.publisher] = max(publishers.get(env.publisher, 0), env.seq)
+                if last is None or msg.seq > last[0]:
+                    last = (msg.seq, env.name, msg.time.timestamp() if msg.time else None)
+            if last is not None:
+                runs[ident]["status"], runs[ident]["last_seen"] = last[1], last[2]
+        summaries = [dict(run, publishers=sorted(run["publishers"])) for run in runs.values()]
+        return summaries, [{"publisher": pub, "received": 0, "duplicates": 0, "missed": 0, "pending": 0,
+                            "last_seq": seq, "acked": seq, "closed": None} for pub, seq in publishers.items()]
+
     # -- the history thread ---------------------------------------------------------------------
 
     def collect(self, now: float, moved: Callable[[str], None]) -> None:
@@ -543,7 +590,9 @@ class JetStreamStore:
         except Exception:
             return answer  # an error reply, or a request the memory refused: as it is
         prefix = self.settings.prefix
-        if op == "replay":
+        if op == "runs":
+            read = self._runs({run["ident"] for run in info["runs"]})
+        elif op == "replay":
             ident, from_seq = str(req["ident"]), int(req.get("from_seq", 1))
             if info["count"] and not info["missing"]:
                 return answer
@@ -593,6 +642,14 @@ class _Merge:
             log.warning("jetstream: could not read the stream for a history request (%s); answered from memory",
                         type(exc).__name__)
             return self.memory_answer
+        info = dict(self.info)
+        info.pop("ok", None)
+        if isinstance(stored, tuple):  # runs: the memory's first (the live ones), then the stream's older ones
+            runs, publishers = stored
+            known = {pub["publisher"] for pub in info["publishers"]}
+            info["runs"] = runs + info["runs"]
+            info["publishers"] = info["publishers"] + [pub for pub in publishers if pub["publisher"] not in known]
+            return protocol.reply(info)
         frames_by_key: dict[tuple[str, int], list[bytes]] = {}
         order: list[tuple[str, int]] = []
         for frames in [*stored, *self.messages]:
@@ -603,6 +660,5 @@ class _Merge:
                 order.append(key)
         found = set(frames_by_key)
         messages = [frames_by_key[key] for key in _in_seq_order(order)]
-        info = dict(self.info, count=len(messages), missing=_subtract(self.info.get("missing", []), found))
-        info.pop("ok", None)
+        info.update(count=len(messages), missing=_subtract(info.get("missing", []), found))
         return protocol.reply(info, messages)
