@@ -24,6 +24,7 @@ import zmq
 from . import security
 from ._text import split_commas
 from .broker import broker as broker_module, metrics as metrics_module
+from .broker.jetstream import JetStreamSettings
 from .consumers import tail as tail_module
 from .consumers.subscriber import DEFAULT_ENDPOINT, Subscriber
 from .runner.config import check_endpoint
@@ -92,6 +93,28 @@ def broker(
     metrics: Optional[str] = typer.Option(None, "--metrics", metavar="HOST:PORT",
                                           help="Serve Prometheus metrics on http://HOST:PORT/metrics "
                                                "(docs/operations.md, \"Metrics\"); off by default."),
+    # -- JetStream (broker/jetstream.py); credentials only from files or the environment --
+    jetstream: List[str] = typer.Option([], "--jetstream",
+                                        help="NATS server(s) nats://HOST:PORT, comma-separated: store the history in "
+                                             "JetStream and acknowledge only what it stored (docs/operations.md). "
+                                             "Credentials: ZMQ_EMITTER_NATS_USER/_PASSWORD/_TOKEN or the files below."),
+    jetstream_stream: str = typer.Option("ZMQ_EMITTER", "--jetstream-stream", help="The JetStream stream's name."),
+    jetstream_replicas: int = typer.Option(1, "--jetstream-replicas", min=1, max=5,
+                                           help="Copies of each message in the cluster (3: acknowledged means on a "
+                                                "quorum of machines)."),
+    jetstream_max_age: float = typer.Option(0, "--jetstream-max-age", min=0,
+                                            help="Seconds the stream keeps a message (0: no limit)."),
+    jetstream_max_bytes: int = typer.Option(-1, "--jetstream-max-bytes", min=-1,
+                                            help="Bytes the stream keeps, oldest dropped first (-1: no limit)."),
+    jetstream_duplicate_window: float = typer.Option(600, "--jetstream-duplicate-window", min=1,
+                                                     help="Seconds within which a message sent again is stored once."),
+    jetstream_creds: Optional[str] = typer.Option(None, "--jetstream-creds", help="NATS NKey/JWT credentials file."),
+    jetstream_password_file: Optional[str] = typer.Option(
+        None, "--jetstream-password-file", help="File holding the NATS password (user: ZMQ_EMITTER_NATS_USER)."),
+    jetstream_token_file: Optional[str] = typer.Option(None, "--jetstream-token-file",
+                                                       help="File holding the NATS token."),
+    jetstream_tls_ca: Optional[str] = typer.Option(None, "--jetstream-tls-ca",
+                                                   help="CA certificate file: TLS to the NATS servers."),
 ) -> None:
     """Run a broker in the foreground until SIGINT or SIGTERM."""
     curve, mode = _broker_security(curve_secret_key_file, publisher_keys, subscriber_keys, ipc_mode)
@@ -105,12 +128,25 @@ def broker(
     upstream_endpoints, upstream_curve = _upstream(_split(upstream), upstream_server_key, curve)
     if name is not None and not name.strip():
         _fail("--name: give a non-empty name (or leave it out for the default)", 2)
+    jetstream_settings = None
+    if jetstream:
+        if not history_endpoints:
+            _fail("--jetstream needs the history service: drop --history none", 2)
+        try:
+            jetstream_settings = JetStreamSettings.from_sources(
+                _split(jetstream), password_file=jetstream_password_file, token_file=jetstream_token_file,
+                stream=jetstream_stream, replicas=jetstream_replicas, max_age=jetstream_max_age,
+                max_bytes=jetstream_max_bytes, duplicate_window=jetstream_duplicate_window,
+                creds_file=jetstream_creds, tls_ca=jetstream_tls_ca)
+        except ValueError as exc:
+            _fail(str(exc), 2)
     held_logs = _HeldLogs()
     instance = broker_module.Broker(_split(frontend), _split(backend), history_endpoints,
                                     history_runs=history_runs, history_bytes=history_bytes, history_dir=history_dir,
                                     max_message_size=max_message_size,
                                     startup_grace=startup_grace, curve=curve, ipc_mode=mode, name=name,
-                                    upstream=upstream_endpoints, upstream_curve=upstream_curve)
+                                    upstream=upstream_endpoints, upstream_curve=upstream_curve,
+                                    jetstream=jetstream_settings)
     try:
         instance.start()
     except broker_module.BrokerError as exc:
@@ -136,6 +172,9 @@ def broker(
     if upstream_endpoints:
         typer.echo(f"zmq-emitter broker: forwarding upstream to {', '.join(upstream_endpoints)}"
                    + (" (CURVE)" if upstream_curve else ""), err=True)
+    if jetstream_settings is not None:
+        typer.echo(f"zmq-emitter broker: storing in JetStream stream {jetstream_settings.stream} "
+                   f"(R{jetstream_settings.replicas}) at {', '.join(jetstream_settings.servers)}", err=True)
     if curve is not None:
         typer.echo(f"zmq-emitter broker: CURVE on, public key {curve.pair.public.decode()}; publishers: "
                    f"{curve.publisher_keys or 'any key'}; subscribers: {curve.subscriber_keys or 'any key'}", err=True)

@@ -65,10 +65,17 @@ class Acknowledgements:
         self._heard: set[str] = set()            # publishers heard from since the last ``due``
         self._requests: dict[str, _Request] = {}  # publisher -> the last request to send again
         self.paused = False  # True while what the history recorded is not safe yet (a full disk)
+        # Per publisher, the highest seq stored elsewhere too (JetStream: jetstream.py); None: no such store.
+        # Acknowledged is then the lower of the two: recorded, and stored.
+        self.limit: dict[str, int] | None = None
 
     def heard(self, publisher: str) -> None:
         """A message of ``publisher`` came (recorded or a duplicate: either way it wants an acknowledgement)."""
         self._heard.add(publisher)
+        self._unacknowledged.add(publisher)
+
+    def moved(self, publisher: str) -> None:
+        """``limit`` moved for ``publisher``: an acknowledgement is due (unlike ``heard``, no message came)."""
         self._unacknowledged.add(publisher)
 
     def due(self, now: float) -> protocol.Ack | None:
@@ -80,11 +87,14 @@ class Acknowledgements:
         self._heard.clear()
         if self.paused:
             return protocol.Ack(self.broker, self.token, {}, resend) if resend else None
-        acks = {}
+        acks, limit = {}, self.limit
         for publisher in self._unacknowledged:
             pub = history.publishers.get(publisher)
-            if pub is not None and pub.acked:
-                acks[publisher] = pub.acked
+            acked = pub.acked if pub is not None else 0
+            if limit is not None:
+                acked = min(acked, limit.get(publisher, 0))
+            if acked:
+                acks[publisher] = acked
         self._unacknowledged.clear()
         if not acks and not resend:
             return None

@@ -51,6 +51,7 @@ from zmq.utils.monitor import recv_monitor_message
 from .. import protocol, security
 from .acks import Acknowledgements
 from .history import History, HistoryCounters
+from .jetstream import JetStreamSettings, JetStreamStore
 from .journal import JournalLocked
 from .upstream import Upstream, UpstreamStats
 
@@ -132,7 +133,7 @@ class Broker:
                  capture_hwm: int = 100_000,
                  curve: security.ServerCurve | None = None, ipc_mode: int | None = security.DEFAULT_IPC_MODE,
                  name: str | None = None, upstream: Iterable[str] = (),
-                 upstream_curve: security.ClientCurve | None = None):
+                 upstream_curve: security.ClientCurve | None = None, jetstream: JetStreamSettings | None = None):
         self.curve = curve          # CURVE on both sides, clients checked by ZAP (security.py)
         self.ipc_mode = ipc_mode    # permissions of bound ipc:// socket files; None leaves the umask's
         self._auth: security.Authenticator | None = None
@@ -142,6 +143,8 @@ class Broker:
         self.upstream_endpoints = list(upstream)  # central brokers' frontends this edge forwards to (upstream.py)
         self._upstream_curve = upstream_curve
         self._upstream: Upstream | None = None
+        self.jetstream = jetstream  # the history stored in NATS JetStream too (jetstream.py); acks wait for it
+        self._store: JetStreamStore | None = None
         self.history = History(history_runs, history_bytes)
         self.history_dir = history_dir  # the history on disk too: a restarted broker starts with it
         self.history_loaded = 0         # messages loaded from history_dir at start
@@ -186,6 +189,9 @@ class Broker:
         if self.upstream_endpoints and not self.history_endpoints:
             raise BrokerError("--upstream needs the history (the edge sends the central broker what its history "
                               "recorded, and again what the central did not acknowledge): drop --history none")
+        if self.jetstream is not None and not self.history_endpoints:
+            raise BrokerError("--jetstream needs the history (what JetStream has not stored yet waits in it, "
+                              "and it answers from the stream): drop --history none")
         if self.history_dir is not None and self.history_endpoints:
             try:
                 self.history_loaded = self.history.persist_to(self.history_dir)
@@ -213,7 +219,8 @@ class Broker:
         self.frontend_endpoints = self._bind(frontend, self.frontend_endpoints, "frontend")
         self.backend_endpoints = self._bind(backend, self.backend_endpoints, "backend")
         if self.history_endpoints:
-            self._replier = ctx.socket(zmq.REP)
+            # ROUTER, not REP: a request that waits for JetStream (jetstream.py) must not hold up the next one.
+            self._replier = ctx.socket(zmq.ROUTER)
             self._replier.setsockopt(zmq.LINGER, 0)
             self._monitors[self._replier.get_monitor_socket(_WATCHED)] = HISTORY
             if self.curve is not None:  # the history holds messages: subscribers' keys only
@@ -251,6 +258,8 @@ class Broker:
                 except zmq.ZMQError as exc:
                     raise BrokerError(f"cannot connect to upstream endpoints {self.upstream_endpoints} "
                                       f"(--upstream): {exc}") from None
+            if self.jetstream is not None:
+                self._store = JetStreamStore(self.jetstream, ctx, name=f"zmq-emitter broker {self.name}").start()
             self._threads.append(threading.Thread(target=self._run_history, name="zmq-emitter-history", daemon=True))
         for thread in self._threads:
             thread.start()
@@ -302,6 +311,9 @@ class Broker:
             self._upstream = None
         for monitor in getattr(self, "_monitors", ()):
             monitor.close(linger=0)
+        if self._store is not None:
+            self._store.close()
+            self._store = None
         if self._auth is not None:
             self._auth.stop()
             self._auth = None
@@ -420,11 +432,14 @@ class Broker:
         """Owns the capture, acknowledgement and history sockets; the only thread touching ``history``."""
         captured, replier, acker, history = self._captured, self._replier, self._acker, self.history
         acknowledgements = Acknowledgements(history, self.name, self._token)
-        upstream = self._upstream
+        upstream, store = self._upstream, self._store
         heard: set[str] = set()  # publishers with messages new to the history since the last pump upstream
         poller = zmq.Poller()
         poller.register(captured, zmq.POLLIN)
         poller.register(replier, zmq.POLLIN)
+        if store is not None:  # acknowledged: recorded, and stored in JetStream
+            acknowledgements.limit = store.link.stored
+            poller.register(store.wakeup, zmq.POLLIN)
         if upstream is not None:
             poller.register(upstream.socket, zmq.POLLIN)
 
@@ -457,9 +472,17 @@ class Broker:
                 # Everything forwarded before the request came is recorded first: a subscriber
                 # fetching a gap it has just seen finds messages the proxy forwarded before it.
                 record(None)
-                request = replier.recv_multipart()
-                replier.send_multipart(history.answer(request[0]), copy=False)
+                request = replier.recv_multipart()  # routing frames, empty delimiter, the request
+                envelope, body = request[:-1], request[-1]
+                answer = history.answer(body) if store is None else store.ask(history, envelope, body)
+                if answer is not None:  # else JetStream is read first: store.replies() below
+                    replier.send_multipart(envelope + answer, copy=False)
             now = time.monotonic()
+            if store is not None:
+                store.collect(now, acknowledgements.moved)
+                store.pump(history, now, heard)
+                for reply in store.replies():
+                    replier.send_multipart(reply, copy=False)
             # Acknowledged means recorded, on disk too with a history directory: while the disk
             # refuses, acknowledgements stop moving, so that runners keep what is not on disk.
             acknowledgements.paused = not self._write_journal(now)
@@ -477,7 +500,7 @@ class Broker:
             if upstream is not None:  # what is new goes up too; never blocks (upstream.py)
                 upstream.read()
                 upstream.pump(history, now, heard)
-                heard.clear()
+            heard.clear()
         history.close()
 
     def _write_journal(self, now: float) -> bool:

@@ -39,7 +39,7 @@ import collections
 import dataclasses
 import os
 import time
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from .. import protocol
 from ..protocol import Envelope, ProtocolError
@@ -418,6 +418,37 @@ class History:
             return protocol.error_reply(f"unknown op {op!r}; accepted: runs, replay, fetch")
         except (ValueError, KeyError, TypeError) as exc:
             return protocol.error_reply(f"bad request: {exc!r}")
+
+
+def tell_holdings(history: History, link, heard: Iterable[str], sweep: bool) -> None:
+    """Tell ``link`` (an ``upstream.UpstreamLink`` or ``jetstream.StoreLink``: a forwarder whose buffer is
+    the history) which publishers' messages the history holds without a hole: those ``heard`` from,
+    or with ``sweep`` all of them, and then which publishers the history forgot altogether."""
+    if sweep:
+        for pub in [pub for pub in link.publishers() if pub not in history.publishers]:
+            link.forgotten(pub)
+        heard = history.publishers
+    for pub in heard:
+        info = history.publishers.get(pub)
+        if info is not None and info.acked >= info.first_seq:
+            link.holds(pub, info.first_seq, info.acked)
+
+
+def retained_in(history: History, link, pub: str, first: int, last: int) -> Iterator[tuple[int, list[bytes]]]:
+    """(seq, frames) of ``pub``'s messages ``first``..``last`` the history still holds, in order; each range
+    it no longer holds is reported to ``link.missing(pub, a, b)`` once, before what follows it."""
+    gap = None
+    for seq in range(first, last + 1):
+        frames = history.get(pub, seq)
+        if frames is None:
+            gap = (gap[0], seq) if gap else (seq, seq)
+            continue
+        if gap:
+            link.missing(pub, *gap)
+            gap = None
+        yield seq, frames
+    if gap:
+        link.missing(pub, *gap)
 
 
 def _in_seq_order(keys: Iterable[tuple[str, int]]) -> list[tuple[str, int]]:

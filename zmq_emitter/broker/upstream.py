@@ -57,7 +57,7 @@ from zmq.utils.monitor import parse_monitor_message
 from .. import protocol, security
 from ..known_brokers import KnownBrokers
 from ..link import MONITOR_EVENTS, Link
-from .history import History
+from .history import History, retained_in, tell_holdings
 
 log = logging.getLogger("zmq_emitter.broker")
 
@@ -294,30 +294,16 @@ class Upstream:
         """Tell the link what ``history`` holds (of the publishers ``heard``, or of all once a second),
         then send what is due, until the socket's queue is full."""
         link = self.link
-        if now >= self._next_sweep:
+        sweep = now >= self._next_sweep
+        if sweep:
             self._next_sweep = now + SWEEP_INTERVAL
-            for pub in [pub for pub in link.publishers() if pub not in history.publishers]:
-                link.forgotten(pub)
-            heard = history.publishers
-        for pub in heard:
-            info = history.publishers.get(pub)
-            if info is not None and info.acked >= info.first_seq:
-                link.holds(pub, info.first_seq, info.acked)
+        tell_holdings(history, link, heard, sweep)
         self._more = False
         send = self.socket.send
         for pub, first, last in link.due():
             last = min(last, first + CHUNK - 1)
-            gap = None  # a range no longer in the history, reported as one
-            seq = first
             try:
-                for seq in range(first, last + 1):
-                    frames = history.get(pub, seq)
-                    if frames is None:
-                        gap = (gap[0], seq) if gap else (seq, seq)
-                        continue
-                    if gap:
-                        link.missing(pub, *gap)
-                        gap = None
+                for seq, frames in retained_in(history, link, pub, first, last):
                     send(frames[0], zmq.SNDMORE | zmq.NOBLOCK)
                     send(frames[1], zmq.SNDMORE | zmq.NOBLOCK)
                     send(frames[2], zmq.NOBLOCK)
@@ -329,8 +315,6 @@ class Upstream:
                 log.warning("upstream: cannot send: %s; the messages wait in the history", exc)
                 self._more = True
                 break
-            if gap:
-                link.missing(pub, *gap)
             if last < link.upto(pub):
                 self._more = True
         if now >= self._next_stats:  # a snapshot for other threads (the backlog is a sum over publishers)

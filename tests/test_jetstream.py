@@ -1,0 +1,252 @@
+"""The broker's history on NATS JetStream (``--jetstream``), against a real 3-node nats-server cluster.
+
+The cluster runs on free loopback ports with a store directory per node under the test's tmp
+directory; nodes are SIGKILLed and started again on the same ports and directories.  Runs are
+real ``ansible-runner run`` processes through a real broker process.  Without ``nats-server``
+(``python3 dev.py test`` installs it when it may) or ``nats-py`` the tests skip, saying why.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+
+from conftest import BIN, BrokerProcess, FINAL_STATUSES, job_events, run_cli, runner_env, wait_run_recorded, wait_until
+from zmq_emitter import protocol
+from zmq_emitter.broker.jetstream import frames_of
+from zmq_emitter.consumers.subscriber import Subscriber
+
+NATS_SERVER = shutil.which("nats-server")
+nats = pytest.importorskip("nats", reason="nats-py not installed: pip install '.[jetstream]' (dev.py does)")
+import nats.js.errors  # noqa: E402 (after the skip: nats-py may be missing)
+pytestmark = pytest.mark.skipif(NATS_SERVER is None, reason="nats-server not installed (apt-get install "
+                                                            "nats-server; `python3 dev.py test` does it as root)")
+STREAM = "ZMQ_EMITTER"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class NatsCluster:
+    """Three nats-server processes with JetStream, clustered on loopback; ``kill``/``start`` one or all."""
+
+    def __init__(self, root: Path, size: int = 3):
+        self.root = root
+        self.ports = [free_port() for _ in range(size)]
+        self.cluster_ports = [free_port() for _ in range(size)]
+        self.procs: list[subprocess.Popen | None] = [None] * size
+        for i in range(size):
+            self.start(i)
+
+    @property
+    def urls(self) -> str:
+        return ",".join(f"nats://127.0.0.1:{port}" for port in self.ports)
+
+    def start(self, i: int) -> None:
+        routes = ",".join(f"nats://127.0.0.1:{p}" for j, p in enumerate(self.cluster_ports) if j != i)
+        store = self.root / f"node{i}"
+        store.mkdir(parents=True, exist_ok=True)
+        log = open(self.root / f"node{i}.log", "a")
+        self.procs[i] = subprocess.Popen(
+            [NATS_SERVER, "-a", "127.0.0.1", "-p", str(self.ports[i]), "-n", f"node{i}", "-js", "-sd", str(store),
+             "--cluster_name", "zmq-emitter-test", "--cluster", f"nats://127.0.0.1:{self.cluster_ports[i]}",
+             "--routes", routes], stdout=log, stderr=log)
+        log.close()
+
+    def kill(self, i: int) -> None:
+        proc = self.procs[i]
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        self.procs[i] = None
+
+    def stop(self) -> None:
+        for i in range(len(self.procs)):
+            self.kill(i)
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Until JetStream answers (a meta leader is elected)."""
+        async def ready() -> bool:
+            try:
+                nc = await nats.connect(self.urls.split(","), connect_timeout=1, allow_reconnect=False)
+            except Exception:
+                return False
+            try:
+                await nc.jetstream().account_info()
+                return True
+            except Exception:
+                return False
+            finally:
+                await nc.close()
+        wait_until(lambda: asyncio.run(ready()), timeout, 0.2, "JetStream cluster ready")
+
+
+def stored_messages(urls: str) -> list[tuple[str, list[bytes]]]:
+    """Every message of the stream, in stream order: (Nats-Msg-Id, protocol frames)."""
+    async def read() -> list:
+        nc = await nats.connect(urls.split(","), connect_timeout=2)
+        try:
+            jsm = nc.jsm()
+            state = (await jsm.stream_info(STREAM)).state
+            out = []
+            for seq in range(state.first_seq, state.last_seq + 1):
+                msg = await jsm.get_msg(STREAM, seq)
+                out.append((msg.headers["Nats-Msg-Id"], frames_of(msg.headers, msg.data)))
+            return out
+        finally:
+            await nc.close()
+    return asyncio.run(read())
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    nodes = NatsCluster(tmp_path / "nats")
+    try:
+        nodes.wait_ready()
+        yield nodes
+    finally:
+        nodes.stop()
+
+
+@pytest.fixture
+def broker(tmp_path, cluster):
+    """``zmq-emitter broker --jetstream`` on the cluster, stream of 3 replicas, in its own process."""
+    proc = BrokerProcess(f"ipc://{tmp_path}/frontend", f"ipc://{tmp_path}/backend", "--startup-grace", "0",
+                         "--jetstream", cluster.urls, "--jetstream-replicas", "3")
+    yield proc
+    proc.stop()
+
+
+def assert_stored_once_in_order(urls: str, idents: list[str], *, in_stream_order: bool = True) -> dict:
+    """Every message of the runs ``idents`` is in the stream exactly once by <pub>:<seq>, each publisher's
+    seqs 1..N with none missing (and in stream order per publisher if ``in_stream_order``); per publisher
+    its seqs."""
+    stored = stored_messages(urls)
+    ids = [msg_id for msg_id, _ in stored]
+    assert len(ids) == len(set(ids)), f"stored twice: {sorted({i for i in ids if ids.count(i) > 1})}"
+    seqs: dict[str, list[int]] = {}
+    for msg_id, frames in stored:
+        env = protocol.envelope(frames)
+        assert msg_id == f"{env.publisher}:{env.seq}"
+        if env.ident in idents or env.kind == "publisher":
+            seqs.setdefault(env.publisher, []).append(env.seq)
+    for pub, numbers in seqs.items():
+        assert sorted(numbers) == list(range(1, max(numbers) + 1)), f"publisher {pub}: not every seq stored once"
+        if in_stream_order:
+            assert numbers == sorted(numbers), f"publisher {pub}: stored out of order"
+    for ident in idents:
+        statuses = [protocol.envelope(f).name for _, f in stored
+                    if protocol.envelope(f).ident == ident and protocol.envelope(f).kind == "status"]
+        assert FINAL_STATUSES & set(statuses), f"run {ident}: no final status stored ({statuses})"
+    return seqs
+
+
+def assert_run_stored(result, project: Path, urls: str, ident: str) -> None:
+    """The run ended as the demo does (web2 fails), nothing spooled (all acknowledged), all of it stored once."""
+    assert result.returncode == 2, result.stderr
+    assert "spool" not in result.stderr, result.stderr
+    assert_stored_once_in_order(urls, [ident], in_stream_order=False)
+    assert events_of(urls, ident) == len(job_events(project, ident))
+
+
+def events_of(urls: str, ident: str) -> int:
+    return sum(1 for _, f in stored_messages(urls) if protocol.envelope(f).ident == ident
+               and protocol.envelope(f).kind == "event")
+
+
+def test_every_message_of_real_runs_is_stored_once_in_order(project, cluster, broker):
+    env = runner_env(RUNNER_ZMQ_URL=broker.frontend)
+    for ident in ("js-run-1", "js-run-2"):
+        result = run_cli(project, ident, env)
+        assert result.returncode == 2, result.stderr  # web2 fails
+        assert "spool" not in result.stderr, result.stderr  # every message acknowledged: nothing kept
+    assert_stored_once_in_order(cluster.urls, ["js-run-1", "js-run-2"])
+    for ident in ("js-run-1", "js-run-2"):
+        assert events_of(cluster.urls, ident) == len(job_events(project, ident))
+
+
+def stream_leader(urls: str) -> int:
+    """The index of the node leading the stream, once the broker has made the stream."""
+    async def leader() -> str | None:
+        nc = await nats.connect(urls.split(","), connect_timeout=2)
+        try:
+            return (await nc.jsm().stream_info(STREAM)).cluster.leader
+        except nats.js.errors.NotFoundError:
+            return None
+        finally:
+            await nc.close()
+    found = []
+    wait_until(lambda: found.append(asyncio.run(leader())) or found[-1], 30, 0.1, "the stream made, with a leader")
+    return int(found[-1].removeprefix("node"))
+
+
+def run_in_background(project: Path, ident: str, env: dict, broker: BrokerProcess) -> Future:
+    """``run_cli`` in a thread; returns once the broker's history has seen the run start."""
+    future = ThreadPoolExecutor(1).submit(run_cli, project, ident, env)
+    with Subscriber([], history=broker.history) as asker:
+        wait_until(lambda: any(run["ident"] == ident for run in asker.runs()), 60, 0.05, f"run {ident} started")
+    return future
+
+
+def test_a_nats_node_killed_mid_run_loses_nothing_and_stores_nothing_twice(project, cluster, broker):
+    env = runner_env(RUNNER_ZMQ_URL=broker.frontend, RUNNER_ZMQ_LINGER="60000")
+    run = run_in_background(project, "js-node-kill", env, broker)  # the stream exists by now
+    leader = stream_leader(cluster.urls)
+    cluster.kill(leader)  # the stream's leader: JetStream elects another, publishes in between are retried
+    result = run.result(120)
+    assert_run_stored(result, project, cluster.urls, "js-node-kill")
+
+
+def test_the_broker_killed_and_restarted_mid_run_loses_nothing_and_stores_nothing_twice(project, cluster, broker):
+    env = runner_env(RUNNER_ZMQ_URL=broker.frontend, RUNNER_ZMQ_LINGER="60000")
+    run = run_in_background(project, "js-broker-kill", env, broker)
+    broker.kill()
+    broker.start()  # an empty memory: the runner sends again what was not acknowledged, JetStream keeps one copy
+    result = run.result(120)
+    assert_run_stored(result, project, cluster.urls, "js-broker-kill")
+
+
+def test_nats_down_for_seconds_stops_acknowledgements_then_catches_up_with_nothing_lost_or_twice(project, cluster,
+                                                                                               broker):
+    env = runner_env(RUNNER_ZMQ_URL=broker.frontend, RUNNER_ZMQ_LINGER="60000")
+    run = run_in_background(project, "js-nats-down", env, broker)
+    wait_until(lambda: "storing in stream" in broker.stderr(), 30, 0.1, "the broker stores in JetStream")
+    cluster.stop()
+    wait_until(lambda: "NATS unreachable" in broker.stderr(), 30, 0.1, "the broker says NATS is unreachable")
+    wait_run_recorded(broker.history, "js-nats-down", 60)  # forwarding and the memory history go on
+    time.sleep(3)  # NATS stays down for a while after the run ended: the runner still waits, unacknowledged
+    assert not run.done(), "the runner stopped waiting: acknowledged what JetStream had not stored"
+    for i in range(3):
+        cluster.start(i)
+    result = run.result(120)  # acknowledgements resumed: the runner's linger ends before its 60 s
+    wait_until(lambda: broker.stderr().count("storing in stream") == 2, 10, 0.1, "one log line: NATS back")
+    assert broker.stderr().count("NATS unreachable") == 1, broker.stderr()  # one line per change of state
+    assert_run_stored(result, project, cluster.urls, "js-nats-down")
+
+
+def test_tail_replay_after_a_broker_restart_with_empty_memory_is_served_from_jetstream(project, cluster, broker):
+    ident = "js.replay *>"  # dots and wildcards in the ident: one subject token all the same
+    result = run_cli(project, ident, runner_env(RUNNER_ZMQ_URL=broker.frontend))
+    assert result.returncode == 2, result.stderr
+    broker.kill()
+    broker.start()
+    wait_until(lambda: broker.stderr().count("storing in stream") == 2, 30, 0.1, "restarted broker on NATS")
+    tail = subprocess.run([str(BIN / "zmq-emitter"), "tail", "--connect", broker.backend, "--history",
+                           broker.history, "--replay", "--ident", ident, "--until-done", "--format", "json",
+                           "--timeout", "30"], capture_output=True, text=True, timeout=60)
+    assert tail.returncode == 1, tail.stderr + broker.stderr()  # --until-done: the run failed (web2)
+    lines = [json.loads(line) for line in tail.stdout.splitlines()]
+    assert [line["status"] for line in lines if "event" not in line] == ["starting", "running", "failed"]
+    assert [line for line in lines if "event" in line] == job_events(project, ident)

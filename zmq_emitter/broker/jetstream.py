@@ -1,0 +1,664 @@
+"""The broker's history on NATS JetStream (``zmq-emitter broker --jetstream nats://HOST:PORT[,...]``).
+
+Every message the broker's history records is stored in a JetStream stream too, and the
+broker acknowledges a message to its runner only once JetStream has acknowledged storing
+it: with a stream of three replicas, "acknowledged" means stored on a quorum of machines.
+
+    zmq-emitter broker --jetstream nats://nats-1:4222,nats://nats-2:4222,nats://nats-3:4222 \\
+        --jetstream-replicas 3 --jetstream-max-age 30d
+
+Stored messages:
+
+- subject ``<prefix>.<ident>.<kind>.<name>.<pub>`` (default prefix ``zmq-emitter``), each part one
+  subject token (``token``: bytes other than ``A-Z a-z 0-9 - _`` as ``%XX``, so dots, ``*``, ``>``
+  and spaces in idents are safe), so that one run (``zmq-emitter.<ident>.>``), one kind, one event
+  name or one publisher (``zmq-emitter.*.*.*.<pub>``) is read without scanning the stream;
+- header ``Nats-Msg-Id: <pub>:<seq>``: JetStream stores a message once within the stream's
+  duplicate window, whoever sends it again (a runner after a broker restart, the other broker
+  of a redundant pair, an edge and its central broker);
+- headers ``Zmq-Topic`` and ``Zmq-Header``: the protocol's topic and header frames as they came,
+  ``%XX`` for ``%``, spaces, control and non-ASCII bytes (``header_value``); the data: the payload
+  frame's bytes as they came.
+
+Threads: the history thread (``Broker._run_history``) never waits on NATS.  ``JetStreamStore``
+runs the asyncio NATS client in a thread of its own; the history thread hands it messages
+(at most ``MAX_INFLIGHT`` not answered yet) and reads back, per publisher, what JetStream
+acknowledged (``StoreLink``, sans-I/O, as ``upstream.UpstreamLink`` is for federation).  The
+memory history is the buffer: while NATS is unreachable forwarding goes on, acknowledgements
+to runners stop (they keep and spool), and when NATS is back the store catches up from the
+memory history, oldest first.  The bound: what the memory history forgot (``--history-bytes``,
+``--history-runs``) before JetStream stored it is counted (``lost``) and logged with its
+publisher and ``seq`` range, never silent.
+
+Reading back: ``replay`` and ``fetch`` requests that the memory history cannot answer in
+full (a run it never saw or forgot, messages it no longer holds) are answered from the stream
+as well, without blocking the history thread.
+"""
+from __future__ import annotations
+
+import asyncio
+import bisect
+import collections
+import dataclasses
+import logging
+import os
+import re
+import ssl
+import threading
+import time
+import urllib.parse
+from concurrent.futures import Future
+from typing import Callable, Iterable
+
+import zmq
+
+from .. import protocol
+from .history import History, _in_seq_order, retained_in, tell_holdings
+
+log = logging.getLogger("zmq_emitter.broker")
+
+DEFAULT_STREAM = "ZMQ_EMITTER"
+DEFAULT_PREFIX = "zmq-emitter"
+MAX_INFLIGHT = 10_000   # messages handed to the NATS thread and not answered yet: the bounded queue
+PUBLISH_TIMEOUT = 3.0   # seconds a publish waits for JetStream's acknowledgement before it is sent again
+RETRY_AFTER = 1.0       # seconds after a failed publish before sending again (NATS down: not in a tight loop)
+READ_TIMEOUT = 10.0     # seconds a history request waits for the stream before the memory's answer goes out
+ENV_USER, ENV_PASSWORD, ENV_TOKEN = "ZMQ_EMITTER_NATS_USER", "ZMQ_EMITTER_NATS_PASSWORD", "ZMQ_EMITTER_NATS_TOKEN"
+
+_PLAIN = re.compile(r"[A-Za-z0-9_-]+")
+_SAFE_TOKEN = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
+def token(text: str) -> str:
+    """``text`` as one NATS subject token: bytes other than ``A-Z a-z 0-9 - _`` as ``%XX``; empty as ``%``.
+
+    >>> token("run.1 *"), token("5a1e-77")
+    ('run%2E1%20%2A', '5a1e-77')
+    """
+    if _PLAIN.fullmatch(text):
+        return text
+    if not text:
+        return "%"
+    return "".join(chr(b) if b in _SAFE_TOKEN else "%%%02X" % b for b in text.encode())
+
+
+def untoken(text: str) -> str:
+    """The inverse of ``token``."""
+    return "" if text == "%" else urllib.parse.unquote(text)
+
+
+def subject(prefix: str, env: protocol.Envelope) -> str:
+    """The subject a message is stored on: ``<prefix>.<ident>.<kind>.<name>.<pub>``."""
+    return f"{prefix}.{token(env.ident)}.{env.kind}.{token(env.name)}.{token(env.publisher)}"
+
+
+def header_value(frame: bytes) -> str:
+    """A frame as a NATS header value: ``%``, spaces, control and non-ASCII bytes as ``%XX``."""
+    return urllib.parse.quote(frame, safe="!\"#$&'()*+,-./:;<=>?@[\\]^_`{|}~")
+
+
+def frames_of(headers: dict | None, data: bytes | None) -> list[bytes] | None:
+    """The protocol frames of a stored message; None if it is not one this module stored."""
+    if not headers or "Zmq-Topic" not in headers or "Zmq-Header" not in headers:
+        return None
+    return [urllib.parse.unquote_to_bytes(headers["Zmq-Topic"]),
+            urllib.parse.unquote_to_bytes(headers["Zmq-Header"]), data or b""]
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings
+
+
+@dataclasses.dataclass
+class JetStreamSettings:
+    """Where and how to store: the servers, the stream, its retention, and the credentials.
+
+    Credentials never come from the command line: ``from_sources`` reads them from files and
+    the environment (``ZMQ_EMITTER_NATS_USER`` / ``ZMQ_EMITTER_NATS_PASSWORD``, ``ZMQ_EMITTER_NATS_TOKEN``).
+
+        >>> JetStreamSettings.from_sources(["nats://127.0.0.1:4222"], replicas=3).stream
+        'ZMQ_EMITTER'
+    """
+
+    servers: list[str]
+    stream: str = DEFAULT_STREAM
+    prefix: str = DEFAULT_PREFIX
+    replicas: int = 1
+    max_age: float = 0.0            # seconds; 0: no limit
+    max_bytes: int = -1             # -1: no limit
+    duplicate_window: float = 600.0  # seconds: a message sent again within it is stored once
+    user: str | None = None
+    password: str | None = None
+    token: str | None = None
+    creds_file: str | None = None   # NKey/JWT credentials (.creds)
+    tls_ca: str | None = None       # CA file: TLS to NATS
+
+    @classmethod
+    def from_sources(cls, servers: Iterable[str], *, env: dict | None = None, password_file: str | None = None,
+                     token_file: str | None = None, **settings) -> "JetStreamSettings":
+        """Settings from options and the environment; ValueError naming the option if one cannot be used."""
+        env = os.environ if env is None else env
+        servers = list(servers)
+        for server in servers:
+            parsed = urllib.parse.urlparse(server)
+            if parsed.scheme not in ("nats", "tls") or not parsed.hostname or parsed.password or parsed.username:
+                raise ValueError(f"--jetstream {server!r}: use nats://HOST:PORT (or tls://HOST:PORT), comma-separated; "
+                                 f"credentials go in files or the environment ({ENV_USER}, {ENV_PASSWORD}, "
+                                 f"{ENV_TOKEN}, --jetstream-creds), never on the command line")
+        stream = settings.get("stream", DEFAULT_STREAM)
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,255}", stream or ""):
+            raise ValueError(f"--jetstream-stream {stream!r}: letters, digits, - and _ only")
+        for option, path in (("--jetstream-password-file", password_file), ("--jetstream-token-file", token_file),
+                             ("--jetstream-creds", settings.get("creds_file")),
+                             ("--jetstream-tls-ca", settings.get("tls_ca"))):
+            if path is not None and not os.access(path, os.R_OK):
+                raise ValueError(f"{option} {path!r}: not a readable file")
+        password = _read(password_file) if password_file else env.get(ENV_PASSWORD)
+        token_ = _read(token_file) if token_file else env.get(ENV_TOKEN)
+        return cls(servers, user=env.get(ENV_USER), password=password, token=token_, **settings)
+
+    def connect_options(self) -> dict:
+        options: dict = {}
+        if self.user is not None:
+            options.update(user=self.user, password=self.password or "")
+        if self.token is not None:
+            options["token"] = self.token
+        if self.creds_file is not None:
+            options["user_credentials"] = self.creds_file
+        if self.tls_ca is not None:
+            options["tls"] = ssl.create_default_context(cafile=self.tls_ca)
+        return options
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read().strip()
+
+
+# ---------------------------------------------------------------------------------------------
+# What is stored: the decisions, without sockets or NATS
+
+
+class StoreLink:
+    """Per publisher, what goes to JetStream and what it stored (see the module docstring).
+
+    Fed by the history thread: what the history holds (``holds``, ``forgotten``), what was
+    handed to the NATS thread (``handed``), what JetStream answered (``result``), what the
+    history no longer has to send (``missing``).  ``stored``: per publisher, the highest seq
+    up to which JetStream stored every message (from the first this broker saw): what may be
+    acknowledged.
+
+        >>> link = StoreLink()
+        >>> link.holds("p1", first=1, upto=3)
+        >>> link.due(now=0.0)
+        [('p1', 1, 3)]
+        >>> for seq in (1, 2, 3): link.handed("p1", seq)
+        >>> link.result("p1", 2, True, now=0.0), link.result("p1", 1, True, now=0.0), link.stored
+        (False, True, {'p1': 2})
+        >>> link.result("p1", 3, False, now=0.0), link.due(now=0.5), link.due(now=1.0)
+        (False, [], [('p1', 3, 3)])
+        >>> link.missing("p1", 3, 3); link.stored   # forgotten by the memory before it was stored: logged
+        {'p1': 3}
+    """
+
+    def __init__(self, max_inflight: int = MAX_INFLIGHT, warn: Callable[[str], None] = log.warning):
+        self.max_inflight = max_inflight
+        self.warn = warn
+        self.stored: dict[str, int] = {}
+        self._held: dict[str, tuple[int, int]] = {}   # pub -> (first, upto): the history holds them, no hole
+        self._next: dict[str, int] = {}               # pub -> the next seq to hand over
+        self._above: dict[str, set[int]] = {}         # pub -> seqs stored above ``stored``
+        self.inflight = 0
+        self.retry_at = 0.0
+        self.handed_over = self.failed = self.lost = 0
+
+    def holds(self, pub: str, first: int, upto: int) -> None:
+        if pub not in self._held:
+            self._next[pub] = first
+            self.stored[pub] = first - 1
+            self._above[pub] = set()
+        self._held[pub] = (first, upto)
+
+    def forgotten(self, pub: str) -> None:
+        """The history forgot ``pub`` altogether: what it had not stored yet is lost to JetStream."""
+        held = self._held.pop(pub, None)
+        if held is None:
+            return
+        if held[1] > self.stored[pub]:
+            self.missing(pub, self.stored[pub] + 1, held[1])
+        del self._next[pub], self.stored[pub], self._above[pub]
+
+    def due(self, now: float) -> list[tuple[str, int, int]]:
+        """(pub, first, last): what to hand over now, oldest first per publisher."""
+        if now < self.retry_at or self.inflight >= self.max_inflight:
+            return []
+        return [(pub, self._next[pub], upto) for pub, (_, upto) in self._held.items() if self._next[pub] <= upto]
+
+    def room(self) -> int:
+        return self.max_inflight - self.inflight
+
+    def already_stored(self, pub: str, seq: int) -> bool:
+        return seq in self._above.get(pub, ())
+
+    def handed(self, pub: str, seq: int) -> None:
+        self._next[pub] = seq + 1
+        self.inflight += 1
+        self.handed_over += 1
+
+    def result(self, pub: str, seq: int, ok: bool, now: float) -> bool:
+        """JetStream's answer for one message; True if ``stored[pub]`` moved (a new acknowledgement is due)."""
+        self.inflight -= 1
+        if pub not in self._held:
+            return False
+        stored = self.stored[pub]
+        if not ok:
+            self.failed += 1
+            self._next[pub] = min(self._next[pub], stored + 1)  # from the first not stored, in order
+            self.retry_at = now + RETRY_AFTER
+            return False
+        if seq != stored + 1:
+            if seq > stored:
+                self._above[pub].add(seq)
+            return False
+        above = self._above[pub]
+        stored = seq
+        while stored + 1 in above:
+            stored += 1
+            above.discard(stored)
+        self.stored[pub] = stored
+        return True
+
+    def missing(self, pub: str, first: int, last: int) -> None:
+        """``first``..``last`` of ``pub`` are no longer in the memory history and were not stored: lost.
+
+        Counted and logged; acknowledgements then move past them (the runner is told, as after a
+        hole given up: the memory history's bound, ``docs/reliability.md``)."""
+        self.lost += last - first + 1
+        self.warn(f"jetstream: publisher {pub} seq {first}..{last} forgotten by the memory history "
+                  "(--history-bytes/--history-runs) before JetStream stored them: not in JetStream")
+        if pub in self._held:
+            above, stored = self._above[pub], self.stored[pub]
+            above.update(range(max(first, stored + 1), last + 1))
+            while stored + 1 in above:
+                stored += 1
+                above.discard(stored)
+            self.stored[pub] = stored
+            self._next[pub] = max(self._next[pub], last + 1)
+
+    def publishers(self) -> list[str]:
+        return list(self._held)
+
+
+def _subtract(missing: list[list], found: set[tuple[str, int]]) -> list[list]:
+    """The [pub, first, last] ranges of ``missing`` without the (pub, seq) keys in ``found``."""
+    by_pub: dict[str, list[int]] = {}
+    for pub, seq in found:
+        by_pub.setdefault(pub, []).append(seq)
+    for seqs in by_pub.values():
+        seqs.sort()
+    out = []
+    for pub, first, last in missing:
+        seqs = by_pub.get(pub, [])
+        start = first
+        for seq in seqs[bisect.bisect_left(seqs, first):bisect.bisect_right(seqs, last)]:
+            if seq > start:
+                out.append([pub, start, seq - 1])
+            start = seq + 1
+        if start <= last:
+            out.append([pub, start, last])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The NATS side: an asyncio loop in a thread of its own
+
+
+class JetStreamStore:
+    """The NATS client's thread and the history thread's side of it (see the module docstring).
+
+    Made and driven by ``Broker``: ``start()`` starts the thread (connecting goes on in the
+    background: a NATS that is down when the broker starts is not an error); the history
+    thread registers ``wakeup`` in its poller and calls ``collect`` and ``pump`` on every
+    round, ``ask`` for each history request and ``replies`` for the ones answered later.
+
+        store = JetStreamStore(JetStreamSettings(["nats://127.0.0.1:4222"]), context)
+        store.start(); ...; store.collect(now); store.pump(history, now, heard); ...; store.close()
+    """
+
+    def __init__(self, settings: JetStreamSettings, context: zmq.Context, name: str = "zmq-emitter broker"):
+        self.settings = settings
+        self.link = StoreLink()
+        self._name = name
+        self._results: collections.deque = collections.deque()   # (pub, seq, ok) from the NATS thread
+        address = f"inproc://jetstream-{id(self)}"
+        self.wakeup = context.socket(zmq.PULL)   # a byte when results wait: the history thread's poller wakes
+        self.wakeup.bind(address)
+        self._waker = context.socket(zmq.PUSH)
+        self._waker.setsockopt(zmq.SNDHWM, 1)
+        self._waker.connect(address)
+        self._waker_lock = threading.Lock()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="zmq-emitter-jetstream", daemon=True)
+        self._nc = self._js = None
+        self.connected = False        # to NATS, with the stream in place
+        self._said: str | None = None  # the last state logged: one line per change
+        self._asked: list[_Merge] = []  # history requests waiting on the stream
+        self._next_sweep = 0.0
+        self._main: asyncio.Future | None = None
+
+    # -- lifecycle (any thread) ---------------------------------------------------------------
+
+    def start(self) -> "JetStreamStore":
+        self._thread.start()
+        self._main = asyncio.run_coroutine_threadsafe(self._connect(), self._loop)
+        return self
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            async def shut():
+                if self._nc is not None:
+                    try:
+                        await asyncio.wait_for(self._nc.close(), 2)
+                    except Exception:
+                        pass
+            try:
+                asyncio.run_coroutine_threadsafe(shut(), self._loop).result(5)
+            except Exception:
+                pass
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(5)
+        self._waker.close(linger=0)
+        self.wakeup.close(linger=0)
+
+    # -- the NATS thread -----------------------------------------------------------------------
+
+    def _state(self, connected: bool, why: str = "") -> None:
+        self.connected = connected
+        said = "up" if connected else "down"
+        if said != self._said:
+            self._said = said
+            if connected:
+                log.warning("jetstream: storing in stream %s at %s; acknowledging what it stored",
+                            self.settings.stream, self._nc.connected_url.netloc if self._nc and self._nc.connected_url
+                            else ",".join(self.settings.servers))
+            else:
+                log.warning("jetstream: NATS unreachable (%s); forwarding goes on, acknowledging nothing new until "
+                            "JetStream stores it (runners keep it)", why or "not connected")
+        self._wake()
+
+    async def _connect(self) -> None:
+        import nats  # the optional extra: only a broker with --jetstream needs it
+
+        settings = self.settings
+
+        async def disconnected():
+            self._state(False, "connection lost")
+
+        async def reconnected():
+            self._state(True)
+
+        async def error(exc):
+            if not self.connected:
+                return
+            log.debug("jetstream: %s", exc)
+
+        while True:
+            try:
+                self._nc = await nats.connect(settings.servers, name=self._name, connect_timeout=2,
+                                              reconnect_time_wait=0.5, max_reconnect_attempts=-1,
+                                              disconnected_cb=disconnected, reconnected_cb=reconnected,
+                                              error_cb=error, **settings.connect_options())
+                self._js = self._nc.jetstream(timeout=PUBLISH_TIMEOUT)
+                await self._ensure_stream()
+                self._state(True)
+                return
+            except Exception as exc:
+                self._state(False, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+                if self._nc is not None:
+                    try:
+                        await self._nc.close()
+                    except Exception:
+                        pass
+                    self._nc = None
+                await asyncio.sleep(1.0)
+
+    async def _ensure_stream(self) -> None:
+        from nats.js import api
+        from nats.js.errors import NotFoundError
+
+        settings = self.settings
+        config = api.StreamConfig(name=settings.stream, subjects=[f"{settings.prefix}.>"],
+                                  num_replicas=settings.replicas, duplicate_window=settings.duplicate_window,
+                                  max_age=settings.max_age or None, max_bytes=settings.max_bytes,
+                                  storage=api.StorageType.FILE, retention=api.RetentionPolicy.LIMITS,
+                                  discard=api.DiscardPolicy.OLD)
+        jsm = self._nc.jsm()
+        try:
+            await jsm.stream_info(settings.stream)
+        except NotFoundError:
+            await jsm.add_stream(config)
+            return
+        await jsm.update_stream(config)  # retention and window as the options say now (replicas: NATS may refuse)
+
+    def _wake(self) -> None:
+        with self._waker_lock:
+            try:
+                self._waker.send(b"", zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass  # one byte waits already (or closing): the history thread will look
+
+    def _publish_batch(self, batch: list) -> None:
+        for item in batch:
+            self._loop.create_task(self._publish(*item))
+
+    async def _publish(self, pub: str, seq: int, subj: str, frames: list[bytes]) -> None:
+        ok = False
+        try:
+            if self._js is not None and self.connected:
+                headers = {"Nats-Msg-Id": f"{pub}:{seq}", "Zmq-Topic": header_value(frames[0]),
+                           "Zmq-Header": header_value(frames[1])}
+                await self._js.publish(subj, frames[2], timeout=PUBLISH_TIMEOUT, headers=headers)
+                ok = True
+        except Exception:
+            pass  # timed out, no responders (a leader election), disconnected: sent again from the history
+        results = self._results
+        was_empty = not results
+        results.append((pub, seq, ok))
+        if was_empty:
+            self._wake()
+
+    async def _read(self, filter_subject: str, keep: Callable[[protocol.Envelope], bool]) -> list[list[bytes]]:
+        """The stored messages on ``filter_subject`` that ``keep``, in stream order, once each by (pub, seq)."""
+        from nats.js.errors import NotFoundError
+
+        jsm, stream = self._nc.jsm(), self.settings.stream
+        out, seen, seq = [], set(), 1
+        while len(out) < protocol.MAX_FETCH:
+            try:
+                msg = await jsm.get_msg(stream, seq=seq, subject=filter_subject, next=True)
+            except NotFoundError:
+                break
+            seq = msg.seq + 1
+            frames = frames_of(msg.headers, msg.data)
+            if frames is None:
+                continue
+            try:
+                env = protocol.envelope(frames)
+            except protocol.ProtocolError:
+                continue
+            if (env.publisher, env.seq) not in seen and keep(env):
+                seen.add((env.publisher, env.seq))
+                out.append(frames)
+        return out
+
+    async def _runs(self, known: set[str]) -> tuple[list[dict], list[dict]]:
+        """The runs the stream holds that are not in ``known`` (the memory's), and their publishers.
+
+        From the stream's subject counts (one request), then per run the last message of each of
+        its status subjects (its final status is its publisher's last message of the run): a run's
+        status, its message count, its publishers and their highest seq."""
+        from nats.js.errors import NotFoundError
+
+        jsm, settings = self._nc.jsm(), self.settings
+        info = await jsm.stream_info(settings.stream, subjects_filter=f"{settings.prefix}.>")
+        runs: dict[str, dict] = {}
+        status_subjects: dict[str, list[str]] = {}
+        for subj, count in (info.state.subjects or {}).items():
+            parts = subj[len(settings.prefix) + 1:].split(".")
+            if len(parts) != 4 or parts[1] not in ("status", "event"):
+                continue
+            ident = untoken(parts[0])
+            if ident in known:
+                continue
+            run = runs.setdefault(ident, {"ident": ident, "status": None, "messages": 0, "retained": 0,
+                                          "publishers": set(), "first_seen": None, "last_seen": None})
+            run["messages"] += count
+            run["retained"] += count
+            run["publishers"].add(untoken(parts[3]))
+            if parts[1] == "status":
+                status_subjects.setdefault(ident, []).append(subj)
+        publishers: dict[str, int] = {}
+        for ident, subjects in status_subjects.items():
+            last = None
+            for subj in subjects:
+                try:
+                    msg = await jsm.get_last_msg(settings.stream, subj)
+                except NotFoundError:
+                    continue
+                frames = frames_of(msg.headers, msg.data)
+                env = protocol.envelope(frames) if frames else None
+                if env is None:
+                    continue
+                publishers[env.publisher] = max(publishers.get(env.publisher, 0), env.seq)
+                if last is None or msg.seq > last[0]:
+                    last = (msg.seq, env.name, msg.time.timestamp() if msg.time else None)
+            if last is not None:
+                runs[ident]["status"], runs[ident]["last_seen"] = last[1], last[2]
+        summaries = [dict(run, publishers=sorted(run["publishers"])) for run in runs.values()]
+        return summaries, [{"publisher": pub, "received": 0, "duplicates": 0, "missed": 0, "pending": 0,
+                            "last_seq": seq, "acked": seq, "closed": None} for pub, seq in publishers.items()]
+
+    # -- the history thread ---------------------------------------------------------------------
+
+    def collect(self, now: float, moved: Callable[[str], None]) -> None:
+        """Take JetStream's answers; ``moved(pub)`` for each publisher whose ``stored`` moved."""
+        try:
+            while self.wakeup.recv(zmq.NOBLOCK) is not None:
+                pass
+        except zmq.Again:
+            pass
+        results, link = self._results, self.link
+        changed = set()
+        while results:
+            pub, seq, ok = results.popleft()
+            if link.result(pub, seq, ok, now):
+                changed.add(pub)
+        for pub in changed:
+            moved(pub)
+
+    def pump(self, history: History, now: float, heard: Iterable[str] = ()) -> None:
+        """Tell the link what ``history`` holds (of ``heard``, or of all once a second); hand over what is due."""
+        link = self.link
+        sweep = now >= self._next_sweep
+        if sweep:
+            self._next_sweep = now + 1.0
+        tell_holdings(history, link, heard, sweep)
+        if not self.connected:
+            return
+        batch, room, prefix = [], link.room(), self.settings.prefix
+        for pub, first, last in link.due(now):
+            for seq, frames in retained_in(history, link, pub, first, min(last, first + room - len(batch) - 1)):
+                link.handed(pub, seq)
+                if link.already_stored(pub, seq):
+                    link.result(pub, seq, True, now)
+                    continue
+                batch.append((pub, seq, subject(prefix, protocol.envelope(frames)), frames))
+        if batch:
+            self._loop.call_soon_threadsafe(self._publish_batch, batch)
+
+    def ask(self, history: History, envelope: list[bytes], body: bytes) -> list[bytes] | None:
+        """A history request: the memory's answer if it is whole (or NATS is down); else None, and the
+        answer with the stream's messages too comes later from ``replies``, with ``envelope`` (the
+        ROUTER's routing frames) in front."""
+        answer = history.answer(body)
+        if not self.connected:
+            return answer
+        try:
+            req = protocol.decode_json(body)
+            op = req.get("op")
+            info, messages = protocol.parse_reply(answer)
+        except Exception:
+            return answer  # an error reply, or a request the memory refused: as it is
+        prefix = self.settings.prefix
+        if op == "runs":
+            read = self._runs({run["ident"] for run in info["runs"]})
+        elif op == "replay":
+            ident, from_seq = str(req["ident"]), int(req.get("from_seq", 1))
+            if info["count"] and not info["missing"]:
+                return answer
+            read = self._read(f"{prefix}.{token(ident)}.>", lambda env: env.seq >= from_seq)
+        elif op == "fetch" and info["missing"]:
+            pub, first = str(req["pub"]), int(req["first"])
+            last = min(int(req["last"]), first + protocol.MAX_FETCH - 1)
+            read = self._read(f"{prefix}.*.*.*.{token(pub)}", lambda env: first <= env.seq <= last)
+        else:
+            return answer
+        future = asyncio.run_coroutine_threadsafe(asyncio.wait_for(read, READ_TIMEOUT), self._loop)
+        future.add_done_callback(lambda _: self._wake())
+        self._asked.append(_Merge(envelope, future, info, messages, answer))
+        return None
+
+    def replies(self) -> list[list[bytes]]:
+        """The deferred answers that are ready, each with its routing envelope in front."""
+        if not self._asked or not any(merge.future.done() for merge in self._asked):
+            return []
+        done = [merge for merge in self._asked if merge.future.done()]
+        self._asked = [merge for merge in self._asked if not merge.future.done()]
+        return [merge.envelope + merge.reply() for merge in done]
+
+    # -- state ------------------------------------------------------------------------------------
+
+    def backlog(self) -> int:
+        """Messages the memory history holds that JetStream has not stored yet."""
+        return sum(max(0, upto - self.link.stored.get(pub, upto)) for pub, (_, upto) in self.link._held.items())
+
+
+@dataclasses.dataclass
+class _Merge:
+    """A history request waiting for the stream: the memory's part, and the stream's to come."""
+
+    envelope: list[bytes]
+    future: Future
+    info: dict
+    messages: list[list[bytes]]
+    memory_answer: list[bytes]
+
+    def reply(self) -> list[bytes]:
+        """The memory's messages and the stream's, once each, in seq order per publisher; ``missing``
+        without what the stream had.  The memory's answer alone if the stream could not be read."""
+        try:
+            stored = self.future.result()
+        except Exception as exc:
+            log.warning("jetstream: could not read the stream for a history request (%s); answered from memory",
+                        type(exc).__name__)
+            return self.memory_answer
+        info = dict(self.info)
+        info.pop("ok", None)
+        if isinstance(stored, tuple):  # runs: the memory's first (the live ones), then the stream's older ones
+            runs, publishers = stored
+            known = {pub["publisher"] for pub in info["publishers"]}
+            info["runs"] = runs + info["runs"]
+            info["publishers"] = info["publishers"] + [pub for pub in publishers if pub["publisher"] not in known]
+            return protocol.reply(info)
+        frames_by_key: dict[tuple[str, int], list[bytes]] = {}
+        order: list[tuple[str, int]] = []
+        for frames in [*stored, *self.messages]:
+            env = protocol.envelope(frames)
+            key = (env.publisher, env.seq)
+            if key not in frames_by_key:
+                frames_by_key[key] = frames
+                order.append(key)
+        found = set(frames_by_key)
+        messages = [frames_by_key[key] for key in _in_seq_order(order)]
+        info.update(count=len(messages), missing=_subtract(info.get("missing", []), found))
+        return protocol.reply(info, messages)
