@@ -60,8 +60,10 @@ def test_replay_and_fetch_answer_in_seq_order_after_holes_were_filled_out_of_ord
 def test_fetch_tells_a_hole_still_asked_for_apart_from_what_is_gone_for_good():
     history = History()
     record(history, 1, 2, 5)
-    assert history.fetch("p1", 1, 6)[1] == [["p1", 6, 6]]
+    assert history.fetch("p1", 1, 6)[1] == []  # 3..4: asked for again, not gone; 6: not published yet
     assert history.pending("p1", 1, 6) == [["p1", 3, 4]]
+    history.give_up("p1")
+    assert history.fetch("p1", 1, 6)[1] == [["p1", 3, 4]]  # given up: gone for good
 
 
 def test_what_the_byte_bound_forgets_stays_one_range_when_late_messages_filled_holes():
