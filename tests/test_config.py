@@ -88,6 +88,10 @@ BAD_VALUES = [
     ("linger", "99999999999", "0 to 2147483647"),
     ("buffer_messages", "0", "1 or more"),  # a buffer of none would lose the first message of every process
     ("buffer_bytes", "0", "1 or more"),
+    ("url", "tcp://127.0.0.1:\u0669", "tcp://HOST:PORT"),  # libzmq refuses non-ASCII digits: refused here first
+    ("heartbeat", "2000001", "out of range"),
+    ("heartbeat", "\u0669", "whole number"),  # an Arabic-Indic 9: int() takes it, a setting must not
+    ("sndhwm", "\uff11\uff10", "whole number"),  # fullwidth digits
 ] + [(name, value, "whole number" if name != "linger" else "milliseconds")
      for name in ("sndhwm", "linger", "buffer_messages", "buffer_bytes")
      for value in ("-1", "ten", "1.5", "")]

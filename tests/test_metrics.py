@@ -217,7 +217,8 @@ def test_refused_curve_handshakes_are_counted_by_side_and_reason_and_are_not_dis
         broker.stop()
 
 
-@pytest.mark.parametrize("value", ["nonsense", "127.0.0.1", "127.0.0.1:65536", ":9100", "localhost:port"])
+@pytest.mark.parametrize("value", ["nonsense", "127.0.0.1", "127.0.0.1:65536", ":9100", "localhost:port",
+                                   "127.0.0.1:\u0669", "127.0.0.1:\uff19\uff11\uff10\uff10"])  # non-ASCII digits
 def test_a_bad_metrics_address_is_refused_naming_the_option(tmp_path, value):
     result = broker_command(tmp_path, "--metrics", value)
     assert result.returncode == 2, result.stderr

@@ -41,7 +41,8 @@ from .broker import HISTORY, PUBLISHERS, SUBSCRIBERS, Broker
 from .upstream import UpstreamStats
 
 PREFIX = "zmq_emitter_broker"
-_ADDRESS = re.compile(r"^(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:\[\]]+)):(?P<port>\d+)$")
+# The port in ASCII digits: \d and int() would take any script's digits ("\u0669" is 9).
+_ADDRESS = re.compile(r"^(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:\[\]]+)):(?P<port>[0-9]+)$")
 
 
 class MetricsError(ValueError):

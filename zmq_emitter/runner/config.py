@@ -30,8 +30,8 @@ class ConfigError(ValueError):
     """A setting has a value the plugin cannot use; the message names it and what is accepted."""
 
 
-_TCP = re.compile(r"^tcp://(\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):(\d{1,5})$")
-_TCP_BIND = re.compile(r"^tcp://(\[[0-9A-Fa-f:.]+\]|\*|[^\s:/\[\]]+):(\d{1,5}|\*)$")
+_TCP = re.compile(r"^tcp://(\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):([0-9]{1,5})$")
+_TCP_BIND = re.compile(r"^tcp://(\[[0-9A-Fa-f:.]+\]|\*|[^\s:/\[\]]+):([0-9]{1,5}|\*)$")
 
 
 def check_endpoint(endpoint: str, *, bind: bool) -> str | None:
@@ -73,7 +73,8 @@ MAX_HEARTBEAT = 2_000_000  # ms: 3 times it must fit ZMQ_HEARTBEAT_TTL (deciseco
 def _whole(low: int, high: int | None = None) -> Callable[[Any], int]:
     """A parser of whole numbers from ``low`` to ``high`` (None: no upper bound)."""
     def parse(value: Any) -> int:
-        if isinstance(value, bool) or not re.fullmatch(r"\s*\d+\s*", str(value)):
+        # [0-9], not \d: int() would read any script's digits ("\u0669" is 9), a typo taken as a value.
+        if isinstance(value, bool) or not re.fullmatch(r"\s*[0-9]+\s*", str(value)):
             raise ValueError(f"{value!r} is not a whole number")
         number = int(value)
         if number < low or (high is not None and number > high):
