@@ -384,3 +384,60 @@ def test_an_acknowledgement_arriving_with_a_new_brokers_subscription_stops_the_r
     finally:
         publisher.close()
         context.destroy(linger=0)
+
+
+class OwnedLock:
+    """A lock that knows which thread holds it (stands in for the Publisher's own ``threading.Lock``)."""
+
+    def __init__(self):
+        self._lock, self.owner = threading.Lock(), None
+
+    def __enter__(self):
+        self._lock.acquire()
+        self.owner = threading.get_ident()
+        return self
+
+    def __exit__(self, *exc):
+        self.owner = None
+        self._lock.release()
+
+
+class GuardedSocket:
+    """The Publisher's real socket, noting every call made by a thread that does not hold the lock."""
+
+    def __init__(self, sock, lock: OwnedLock, misuse: list):
+        self._sock, self._lock, self._misuse = sock, lock, misuse
+
+    def __getattr__(self, name):
+        attr = getattr(self._sock, name)
+        if not callable(attr):
+            return attr
+
+        def guarded(*args, **kwargs):
+            if self._lock.owner != threading.get_ident():
+                self._misuse.append((name, threading.current_thread().name))
+            return attr(*args, **kwargs)
+        return guarded
+
+
+def test_the_publishers_socket_is_only_ever_used_by_the_thread_holding_its_lock(tmp_path):
+    """A ZeroMQ socket must never be used by two threads at once: the exit wait, the flush thread and the handlers'
+    sends all take the lock first.  (The exit wait once polled the socket without it: with a broker's connection
+    being re-established at exit, two threads processed the socket's commands together and libzmq crashed the
+    ansible-runner process with SIGSEGV.)"""
+    from zmq_emitter.runner.config import Config
+
+    publisher = plugin.Publisher(Config(url=(f"ipc://{tmp_path}/nobody-there",), linger=300))
+    misuse: list = []
+    publisher._lock = OwnedLock()
+    publisher._socket = GuardedSocket(publisher._socket, publisher._lock, misuse)
+    header = publisher.header_prefix("json")
+    senders = [threading.Thread(target=lambda: [publisher.send(b"event/r/runner_on_ok", header, b"{}")
+                                                 for _ in range(20)]) for _ in range(3)]
+    for sender in senders:
+        sender.start()
+    for sender in senders:
+        sender.join()
+    publisher.flush(0.2)  # the exit wait's loop, while the flush thread works on what is buffered
+    publisher.close()
+    assert misuse == []

@@ -345,7 +345,11 @@ class Publisher:
             remaining = end - time.monotonic()
             if remaining <= 0:
                 return False
-            self._socket.poll(min(remaining, 0.01) * 1000)
+            # A sleep, not a poll of the socket: a ZeroMQ socket must never be used by two threads at once,
+            # and the flush thread (or a handler's send) may hold it now.  (A poll here, outside the lock,
+            # let two threads process the socket's commands together: libzmq crashed the run with SIGSEGV
+            # when a broker's connection was being re-established at exit.)
+            time.sleep(min(remaining, 0.005))
 
     def close(self) -> None:
         """Flush, send the closing report, flush again, close, and report what did not get through.
