@@ -229,23 +229,3 @@ def test_a_central_that_comes_back_or_a_second_central_gets_what_it_has_not_ackn
     link.upstream(presence("other", "t3"))  # a second central, while the first takes the messages
     link.upstream(b"\x01")
     assert link.due() == [("p1", 1, 10)]
-
-
-def test_a_presence_forged_and_withdrawn_is_forgotten_and_holds_nothing_back():
-    """A subscriber of a central broker can send presence-shaped subscriptions, which the central passes up to its
-    edges (and a broker to its runners).  One that never acknowledged anything and went must not count as a broker
-    that acknowledged nothing, for good (a false backlog, everything kept and sent again, false "lost")."""
-    from zmq_emitter import protocol
-    from zmq_emitter.known_brokers import KnownBrokers
-
-    brokers = KnownBrokers(warn_once=lambda key, text: None)
-    real = brokers.arrive(protocol.Presence("central", "t0k", 2**24))
-    ghost = protocol.Presence("ghost0", "tok", 2**24)
-    brokers.arrive(ghost)
-    assert brokers.acknowledging(protocol.Ack("central", "t0k", {"p1": 7})) is real
-    real.acked["p1"] = 7
-    assert brokers.lowest("p1") == 0  # the ghost, while present, holds it back (documented: delayed, never lost)
-    assert brokers.leave(ghost)
-    assert "ghost0" not in brokers and brokers.lowest("p1") == 7
-    assert brokers.leave(protocol.Presence("central", "t0k", 2**24))
-    assert "central" in brokers and brokers.lowest("p1") == 7  # a broker that acknowledged stays known, away

@@ -6,8 +6,7 @@ acknowledgements (docs/protocol.md, "Upstream"); this module keeps who is known 
 and checks tokens, the same way for both.
 
 - Brokers are known by name: present while their presence subscription is there, away after
-  it went; known for good once they acknowledged something (a broker that comes back gets what it
-  has not acknowledged); one that leaves before its first acknowledgement is forgotten.
+  it went; known for good once seen (a broker that comes back gets what it has not acknowledged).
 - An acknowledgement counts only with the token of the one presence its broker's name holds.
   Two presences claiming one name at once (a subscriber can send presence-shaped
   subscriptions, which brokers pass upstream) make that name's acknowledgements count for
@@ -76,17 +75,9 @@ class KnownBrokers(dict):
         return broker
 
     def leave(self, presence: protocol.Presence) -> bool:
-        """A presence went (its connection did); True if it was one of a known broker's claims.
-
-        A broker gone without ever acknowledging anything is forgotten: there is nothing of it to
-        keep for later (a presence a subscriber forged and withdrew must not hold every message
-        back for good); if it comes back, it is a new broker, sent what is still kept."""
+        """A presence went (its connection did); True if it was one of a known broker's claims."""
         broker = self.get(presence.broker)
-        if broker is None or broker.claims.pop(presence.token, None) is None:
-            return False
-        if not broker.present and not broker.acknowledged:
-            del self[presence.broker]
-        return True
+        return broker is not None and broker.claims.pop(presence.token, None) is not None
 
     def acknowledging(self, ack: protocol.Ack) -> KnownBroker | None:
         """The broker whose acknowledgement ``ack`` is, if its token is that of the broker's one presence."""
