@@ -123,8 +123,28 @@ def _hops(figure: dict, ax) -> None:
     ax.set_title("8. One hop more: edge and central broker against one broker")
 
 
+def _eda(figure: dict, ax) -> None:
+    data = figure["data"]
+    styles = {("rulebook", "small"): ("#4c72b0", "-"), ("rulebook", "large"): ("#4c72b0", ":"),
+              ("source", "small"): ("#dd8452", "-"), ("source", "large"): ("#dd8452", ":")}
+    labels = {"rulebook": "rule's action starting", "source": "source's queue only", "small": "< 4 KB",
+              "large": ">= 4 KB"}
+    for (path, size), (colour, style) in styles.items():
+        delays = data.get(path, {}).get(size, {}).get("delays_ms")
+        if delays:  # the fraction of events whose delay is at most x: every event of every rep
+            ax.plot(delays, [(i + 1) / len(delays) for i in range(len(delays))], color=colour, linestyle=style,
+                    label=f"{labels[path]}, {labels[size]}")
+    ax.axvline(data.get("target_p99_ms", 250), color="#c44e52", linestyle="--", label="p99 target")
+    ax.set_xscale("log")
+    ax.set_xlabel(f"ms from event_handler, at {data.get('rate', 0):g} events/s")
+    ax.set_ylabel("fraction of events")
+    ax.legend(loc="lower right", fontsize="small")
+    ax.grid(alpha=0.3)
+    ax.set_title("9. event_handler -> a rule's action starting in ansible-rulebook")
+
+
 CHARTS = {"hotpath": _hotpath, "fanout": _fanout, "latency": _latency, "playbook": _playbook, "memory": _memory,
-          "hops": _hops}
+          "hops": _hops, "eda": _eda}
 
 
 def draw(report: dict, out_dir: Path) -> list[Path]:
@@ -133,7 +153,7 @@ def draw(report: dict, out_dir: Path) -> list[Path]:
     written = []
     for name, chart in CHARTS.items():
         figure = report["figures"].get(name)
-        if figure is None:
+        if figure is None or "skipped" in figure:
             continue
         fig, ax = plt.subplots(figsize=(8, 3.6), layout="constrained")
         chart(figure, ax)

@@ -8,8 +8,6 @@ behaviour on what the rules did.
 """
 from __future__ import annotations
 
-import os
-import re
 import shutil
 import subprocess
 import threading
@@ -23,22 +21,8 @@ from conftest import BIN, BrokerProcess, RawPublisher, run_cli, runner_env, wait
 from zmq_emitter.consumers import eda
 from zmq_emitter.demo import PROJECT
 
-
-def _java_problem() -> str | None:
-    """Why ansible-rulebook cannot run here, or None."""
-    if not (BIN / "ansible-rulebook").exists():
-        return "ansible-rulebook is not installed (the eda extra: pip install -e '.[test,eda]', or python3 dev.py test)"
-    java = Path(os.environ["JAVA_HOME"]) / "bin" / "java" if os.environ.get("JAVA_HOME") else shutil.which("java")
-    if java is None or not Path(java).exists():
-        return "Java 17 or newer is needed by ansible-rulebook; no java found (JAVA_HOME or PATH)"
-    version = subprocess.run([str(java), "-version"], capture_output=True, text=True).stderr
-    major = re.search(r'version "(\d+)', version)
-    if major is None or int(major[1]) < 17:
-        return f"Java 17 or newer is needed by ansible-rulebook; found {version.splitlines()[:1]}"
-    return None
-
-
-pytestmark = pytest.mark.skipif(_java_problem() is not None, reason=str(_java_problem()))
+PROBLEM = eda.rulebook_problem(BIN / "ansible-rulebook")
+pytestmark = pytest.mark.skipif(PROBLEM is not None, reason=str(PROBLEM))
 
 BEFORE, FAILED, CLEAN = "eda-before", "eda-failed", "eda-clean"
 PROBE = "eda-probe"
