@@ -244,11 +244,15 @@ def test_a_broker_host_cut_off_for_good_does_not_hold_back_the_other_broker_past
     sub = pair.collect(histories=["none"])  # live only: what broker2 forwards, nothing fetched
     pair.wait_subscribers(1)
     urls = ",".join(b.frontend for b in pair.brokers)
-    pair.runners[0].start([sys.executable, STREAMS, "publish", urls, IDENTS[0], "4000", "2000"],
-                          env=runner_env(XDG_STATE_HOME=str(pair.tmp_path / "state")), stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL)
     pair.runners[1].start([sys.executable, STREAMS, "publish", urls, IDENTS[1], "10", "0"],
                           env=runner_env(XDG_STATE_HOME=str(pair.tmp_path / "state2")), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+    # The small run's end at the subscriber proves its subscription is in place at broker2 (not only its TCP
+    # connection): the flood is then seen from its first message.
+    wait_until(lambda: any(m["ident"] == IDENTS[1] and m["name"] == "successful" for m in messages_so_far(sub)),
+               60, 0.05, "the subscriber's subscription in place at broker2")
+    pair.runners[0].start([sys.executable, STREAMS, "publish", urls, IDENTS[0], "4000", "2000"],
+                          env=runner_env(XDG_STATE_HOME=str(pair.tmp_path / "state")), stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL)
     wait_until(lambda: len(messages_so_far(sub)) >= 200, 60, 0.05, "the flood under way at the subscriber")
     pair.network.cut(pair.broker_hosts[0])
