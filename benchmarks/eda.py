@@ -47,6 +47,7 @@ from zmq_emitter.runner import plugin
 
 from . import common
 from .hotpath import publisher_of
+from .latency import paced_calls
 
 IDENT, SOURCE_IDENT, EVENT, MARK = "eda-bench", "eda-bench-source", "runner_on_failed", "EDA-FIRED"
 PATHS = {"rulebook": "runner -> broker -> ansible-rulebook, debug action",
@@ -154,14 +155,7 @@ def _connect(config, rulebook: Rulebook, corpus: list[dict], timeout: float = 12
 
 def _send(config, events: list, rate: float) -> tuple[array, float]:
     """``event_handler`` on each event at ``rate``; the monotonic_ns before each call, and the rate achieved."""
-    handler, period, sent = plugin.event_handler, 1e9 / rate, array("q")
-    t_start = time.monotonic_ns()
-    for i, event in enumerate(events):
-        ahead = t_start + i * period - time.monotonic_ns()
-        if ahead > 200_000:
-            time.sleep(ahead / 1e9)
-        sent.append(time.monotonic_ns())
-        handler(config, event)
+    sent, t_start, _ = paced_calls(config, events, rate)
     achieved = (len(events) - 1) / ((sent[-1] - t_start) / 1e9) if len(events) > 1 else rate
     publisher_of(config).flush(30)
     return sent, achieved

@@ -20,10 +20,10 @@ from . import common
 from .hotpath import publisher_of
 
 
-def _one(config, sub, events: list, rate: float, path: str) -> dict:
+def paced_calls(config, events: list, rate: float) -> tuple[array, int, int]:
+    """``event_handler`` on each event at ``rate`` (sleeping while ahead, never spinning); the monotonic_ns
+    taken before each call, and the monotonic_ns at the start and after the last call."""
     handler, period, sent = plugin.event_handler, 1e9 / rate, array("q")
-    n = len(events)
-    sub.call("record")
     t_start = time.monotonic_ns()
     for i, event in enumerate(events):
         ahead = t_start + i * period - time.monotonic_ns()
@@ -31,7 +31,13 @@ def _one(config, sub, events: list, rate: float, path: str) -> dict:
             time.sleep(ahead / 1e9)
         sent.append(time.monotonic_ns())
         handler(config, event)
-    t_end = time.monotonic_ns()
+    return sent, t_start, time.monotonic_ns()
+
+
+def _one(config, sub, events: list, rate: float, path: str) -> dict:
+    n = len(events)
+    sub.call("record")
+    sent, t_start, t_end = paced_calls(config, events, rate)
     publisher_of(config).flush(30)
     got = sub.call("times", n, 30, path)
     received = array("q")
