@@ -19,9 +19,10 @@ import time
 from typing import List, Optional
 
 import typer
+from typer.core import TyperCommand
 import zmq
 
-from . import security
+from . import __version__, security
 from ._text import split_commas
 from .broker import broker as broker_module, metrics as metrics_module
 from .broker.jetstream import JetStreamSettings
@@ -29,8 +30,20 @@ from .consumers import tail as tail_module
 from .consumers.subscriber import DEFAULT_ENDPOINT, Subscriber
 from .runner.config import check_endpoint
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="ZeroMQ event bus for ansible-runner: broker, tail and demo.")
+
+
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        typer.echo(f"zmq-emitter {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                          help="Print the version and exit.")) -> None:
+    """The options before COMMAND."""
 
 
 def _split(values: List[str]) -> List[str]:
@@ -55,65 +68,65 @@ def _history_endpoints(values: List[str]) -> List[str]:
 
 @app.command()
 def broker(
-    frontend: List[str] = typer.Option([broker_module.DEFAULT_FRONTEND], "--frontend", "-f",
+    frontend: List[str] = typer.Option([broker_module.DEFAULT_FRONTEND], "--frontend", "-f", metavar="ENDPOINT",
                                        help="Endpoint(s) runners publish to (XSUB), comma-separated."),
-    backend: List[str] = typer.Option([broker_module.DEFAULT_BACKEND], "--backend", "-b",
+    backend: List[str] = typer.Option([broker_module.DEFAULT_BACKEND], "--backend", "-b", metavar="ENDPOINT",
                                       help="Endpoint(s) subscribers connect to (XPUB), comma-separated."),
-    history: List[str] = typer.Option([broker_module.DEFAULT_HISTORY], "--history",
+    history: List[str] = typer.Option([broker_module.DEFAULT_HISTORY], "--history", metavar="ENDPOINT",
                                       help="Endpoint(s) of the history service (replay, gap recovery, "
                                            "acknowledgements); 'none' turns history off."),
-    history_runs: int = typer.Option(100, "--history-runs", min=1, help="Runs the history keeps."),
-    history_bytes: int = typer.Option(64 * 2**20, "--history-bytes", min=0, help="Bytes of messages the history keeps."),
-    history_dir: Optional[str] = typer.Option(None, "--history-dir",
+    history_runs: int = typer.Option(100, "--history-runs", metavar="N", min=1, help="Runs the history keeps."),
+    history_bytes: int = typer.Option(64 * 2**20, "--history-bytes", metavar="BYTES", min=0, help="Bytes of messages the history keeps."),
+    history_dir: Optional[str] = typer.Option(None, "--history-dir", metavar="DIR",
                                               help="Keep the history on disk in this directory too: a restarted "
                                                    "broker (even after SIGKILL) starts with it."),
-    stats_interval: Optional[float] = typer.Option(None, "--stats-interval", min=0.1,
+    stats_interval: Optional[float] = typer.Option(None, "--stats-interval", metavar="SECONDS", min=0.1,
                                                    help="Print traffic statistics every this many seconds."),
-    max_message_size: int = typer.Option(broker_module.DEFAULT_MAX_MESSAGE_SIZE, "--max-message-size", min=1,
+    max_message_size: int = typer.Option(broker_module.DEFAULT_MAX_MESSAGE_SIZE, "--max-message-size", metavar="BYTES", min=1,
                                          help="Disconnect a publisher that sends a larger message (bytes)."),
-    startup_grace: float = typer.Option(1.0, "--startup-grace", min=0,
+    startup_grace: float = typer.Option(1.0, "--startup-grace", metavar="SECONDS", min=0,
                                         help="Seconds to let subscribers (re)connect before forwarding starts."),
     curve_secret_key_file: Optional[str] = typer.Option(
-        None, "--curve-secret-key-file", help="The broker's .key_secret file: CURVE on both sides (docs/security.md)."),
+        None, "--curve-secret-key-file", metavar="FILE", help="The broker's .key_secret file: CURVE on both sides (docs/security.md)."),
     publisher_keys: Optional[str] = typer.Option(
-        None, "--publisher-keys", help="With CURVE: directory of the public keys (*.key) of runners allowed to publish."),
+        None, "--publisher-keys", metavar="DIR", help="With CURVE: directory of the public keys (*.key) of runners allowed to publish."),
     subscriber_keys: Optional[str] = typer.Option(
-        None, "--subscriber-keys", help="With CURVE: directory of the public keys (*.key) of allowed subscribers."),
-    ipc_mode: str = typer.Option("600", "--ipc-mode",
+        None, "--subscriber-keys", metavar="DIR", help="With CURVE: directory of the public keys (*.key) of allowed subscribers."),
+    ipc_mode: str = typer.Option("600", "--ipc-mode", metavar="MODE",
                                  help="Permissions of ipc:// socket files the broker binds (octal, or keep)."),
-    name: Optional[str] = typer.Option(None, "--name",
+    name: Optional[str] = typer.Option(None, "--name", metavar="NAME",
                                        help="The name runners know this broker by, the same across its restarts "
                                             "(default: derived from this host's name and --frontend)."),
-    upstream: List[str] = typer.Option([], "--upstream",
+    upstream: List[str] = typer.Option([], "--upstream", metavar="ENDPOINT",
                                        help="Frontend endpoint(s) of central broker(s), comma-separated: this edge "
                                             "broker forwards everything to them too (docs/operations.md)."),
     upstream_server_key: Optional[str] = typer.Option(
-        None, "--upstream-server-key", help="The central broker's public key (.key file or z85 text): CURVE on the "
+        None, "--upstream-server-key", metavar="KEY", help="The central broker's public key (.key file or z85 text): CURVE on the "
                                             "upstream link, as a client with --curve-secret-key-file's key pair."),
     metrics: Optional[str] = typer.Option(None, "--metrics", metavar="HOST:PORT",
                                           help="Serve Prometheus metrics on http://HOST:PORT/metrics "
                                                "(docs/operations.md, \"Metrics\"); off by default."),
     # -- JetStream (broker/jetstream.py); credentials only from files or the environment --
-    jetstream: List[str] = typer.Option([], "--jetstream",
+    jetstream: List[str] = typer.Option([], "--jetstream", metavar="URL",
                                         help="NATS server(s) nats://HOST:PORT, comma-separated: store the history in "
                                              "JetStream and acknowledge only what it stored (docs/operations.md). "
                                              "Credentials: ZMQ_EMITTER_NATS_USER/_PASSWORD/_TOKEN or the files below."),
-    jetstream_stream: str = typer.Option("ZMQ_EMITTER", "--jetstream-stream", help="The JetStream stream's name."),
-    jetstream_replicas: int = typer.Option(1, "--jetstream-replicas", min=1, max=5,
+    jetstream_stream: str = typer.Option("ZMQ_EMITTER", "--jetstream-stream", metavar="NAME", help="The JetStream stream's name."),
+    jetstream_replicas: int = typer.Option(1, "--jetstream-replicas", metavar="N", min=1, max=5,
                                            help="Copies of each message in the cluster (3: acknowledged means on a "
                                                 "quorum of machines)."),
-    jetstream_max_age: float = typer.Option(0, "--jetstream-max-age", min=0,
+    jetstream_max_age: float = typer.Option(0, "--jetstream-max-age", metavar="SECONDS", min=0,
                                             help="Seconds the stream keeps a message (0: no limit)."),
-    jetstream_max_bytes: int = typer.Option(-1, "--jetstream-max-bytes", min=-1,
+    jetstream_max_bytes: int = typer.Option(-1, "--jetstream-max-bytes", metavar="BYTES", min=-1,
                                             help="Bytes the stream keeps, oldest dropped first (-1: no limit)."),
-    jetstream_duplicate_window: float = typer.Option(600, "--jetstream-duplicate-window", min=1,
+    jetstream_duplicate_window: float = typer.Option(600, "--jetstream-duplicate-window", metavar="SECONDS", min=1,
                                                      help="Seconds within which a message sent again is stored once."),
-    jetstream_creds: Optional[str] = typer.Option(None, "--jetstream-creds", help="NATS NKey/JWT credentials file."),
+    jetstream_creds: Optional[str] = typer.Option(None, "--jetstream-creds", metavar="FILE", help="NATS NKey/JWT credentials file."),
     jetstream_password_file: Optional[str] = typer.Option(
-        None, "--jetstream-password-file", help="File holding the NATS password (user: ZMQ_EMITTER_NATS_USER)."),
-    jetstream_token_file: Optional[str] = typer.Option(None, "--jetstream-token-file",
+        None, "--jetstream-password-file", metavar="FILE", help="File holding the NATS password (user: ZMQ_EMITTER_NATS_USER)."),
+    jetstream_token_file: Optional[str] = typer.Option(None, "--jetstream-token-file", metavar="FILE",
                                                        help="File holding the NATS token."),
-    jetstream_tls_ca: Optional[str] = typer.Option(None, "--jetstream-tls-ca",
+    jetstream_tls_ca: Optional[str] = typer.Option(None, "--jetstream-tls-ca", metavar="FILE",
                                                    help="CA certificate file: TLS to the NATS servers."),
 ) -> None:
     """Run a broker in the foreground until SIGINT or SIGTERM."""
@@ -189,30 +202,30 @@ def broker(
 
 @app.command()
 def tail(
-    connect: List[str] = typer.Option([DEFAULT_ENDPOINT], "--connect", "-c",
+    connect: List[str] = typer.Option([DEFAULT_ENDPOINT], "--connect", "-c", metavar="ENDPOINT",
                                       help="Broker backend or runner (bind mode) endpoint(s)."),
-    topic: List[str] = typer.Option([], "--topic", "-t", help="status or event (default: both)."),
-    ident: Optional[str] = typer.Option(None, "--ident", "-i", help="Only this run (filtered at the source)."),
-    event: List[str] = typer.Option([], "--event", "-e", help="Only these events, e.g. runner_on_failed (statuses too only with --topic)."),
-    host: List[str] = typer.Option([], "--host", help="Only events of these hosts."),
-    count: Optional[int] = typer.Option(None, "--count", "-n", min=1, help="Exit after this many messages."),
-    fmt: str = typer.Option("pretty", "--format", help="pretty, json or stdout."),
+    topic: List[str] = typer.Option([], "--topic", "-t", metavar="KIND", help="status or event (default: both)."),
+    ident: Optional[str] = typer.Option(None, "--ident", "-i", metavar="RUN", help="Only this run (filtered at the source)."),
+    event: List[str] = typer.Option([], "--event", "-e", metavar="EVENT", help="Only these events, e.g. runner_on_failed (statuses too only with --topic)."),
+    host: List[str] = typer.Option([], "--host", metavar="HOST", help="Only events of these hosts."),
+    count: Optional[int] = typer.Option(None, "--count", "-n", metavar="N", min=1, help="Exit after this many messages."),
+    fmt: str = typer.Option("pretty", "--format", metavar="FORMAT", help="pretty, json or stdout."),
     until_done: bool = typer.Option(False, "--until-done",
                                     help="Exit at the run's final status: 0 successful, 1 failed, 3 timeout, "
                                          "4 canceled, 5 error (without --ident: of the first run seen)."),
-    timeout: Optional[float] = typer.Option(None, "--timeout", min=0,
+    timeout: Optional[float] = typer.Option(None, "--timeout", metavar="SECONDS", min=0,
                                             help="Give up after this many seconds: exit 124 if --until-done or "
                                                  "--count was still waiting (0 otherwise)."),
     colour: Optional[bool] = typer.Option(None, "--color/--no-color", help="Colour (default: on a terminal)."),
     replay: bool = typer.Option(False, "--replay", help="Print the broker's history first (of --ident, or of every "
                                                         "run it knows), then go on live."),
-    history: List[str] = typer.Option([], "--history", help="The broker's history endpoint, for --replay and for "
+    history: List[str] = typer.Option([], "--history", metavar="ENDPOINT", help="The broker's history endpoint, for --replay and for "
                                       f"recovering gaps (default with --replay: {broker_module.DEFAULT_HISTORY}); "
                                       "several (a redundant pair): asked in turn, the next when one does not answer."),
     curve_server_key: Optional[str] = typer.Option(
-        None, "--curve-server-key", help="The broker's public key (.key file or z85 text): CURVE encryption."),
+        None, "--curve-server-key", metavar="KEY", help="The broker's public key (.key file or z85 text): CURVE encryption."),
     curve_secret_key_file: Optional[str] = typer.Option(
-        None, "--curve-secret-key-file", help="This subscriber's .key_secret file, for a broker that checks keys."),
+        None, "--curve-secret-key-file", metavar="FILE", help="This subscriber's .key_secret file, for a broker that checks keys."),
 ) -> None:
     """Print runs' statuses and events as they arrive."""
     # --event NAME asks for those events only: statuses too only if --topic says so.
@@ -248,13 +261,24 @@ def tail(
     raise typer.Exit(code)
 
 
-@app.command()
+class _ManCommand(TyperCommand):
+    """A usage line as man pages write it: a required argument is NAME (typer writes {NAME})."""
+
+    def collect_usage_pieces(self, ctx):
+        return [piece.strip("{}") for piece in super().collect_usage_pieces(ctx)]
+
+
+@app.command(cls=_ManCommand)
 def keygen(
-    name: str = typer.Argument(..., help="File name: writes NAME.key (public) and NAME.key_secret (0600)."),
-    directory: str = typer.Option(".", "--dir", "-d", help="Directory to write the key files into."),
+    # Described in the docstring: typer's row for an argument shows a type placeholder (NAME <str>).
+    name: str = typer.Argument(..., metavar="NAME", hidden=True),
+    directory: str = typer.Option(".", "--dir", "-d", metavar="DIR", help="Directory to write the key files into."),
     force: bool = typer.Option(False, "--force", help="Replace existing key files of that name."),
 ) -> None:
-    """Write a CURVE key pair for a broker, runner or subscriber (the format of zmq.auth)."""
+    """Write a CURVE key pair, for a broker, runner or subscriber.
+
+    In the format of zmq.auth: NAME.key is the public key, NAME.key_secret the key pair (mode 0600).
+    """
     try:
         public_file, secret_file = security.generate_keys(directory, name, force=force)
     except (security.SecurityError, OSError) as exc:
@@ -319,14 +343,14 @@ def _upstream(endpoints: List[str], server_key: str | None, curve: security.Serv
 
 @app.command()
 def runs(
-    history: List[str] = typer.Option([broker_module.DEFAULT_HISTORY], "--history",
+    history: List[str] = typer.Option([broker_module.DEFAULT_HISTORY], "--history", metavar="ENDPOINT",
                                       help="The broker's history endpoint; several (a redundant pair): asked in "
                                            "turn, the next when one does not answer within 2 s."),
-    timeout: float = typer.Option(5.0, "--timeout", min=0.1, help="Seconds to wait for an answer (from any of them)."),
+    timeout: float = typer.Option(5.0, "--timeout", metavar="SECONDS", min=0.1, help="Seconds to wait for an answer (from any of them)."),
     curve_server_key: Optional[str] = typer.Option(
-        None, "--curve-server-key", help="The broker's public key (.key file or z85 text): CURVE encryption."),
+        None, "--curve-server-key", metavar="KEY", help="The broker's public key (.key file or z85 text): CURVE encryption."),
     curve_secret_key_file: Optional[str] = typer.Option(
-        None, "--curve-secret-key-file", help="This client's .key_secret file, for a broker that checks keys "
+        None, "--curve-secret-key-file", metavar="FILE", help="This client's .key_secret file, for a broker that checks keys "
                                               "(a subscriber key: the history serves subscribers)."),
 ) -> None:
     """List the runs a broker's history knows, with their last status."""
@@ -352,14 +376,18 @@ def runs(
 
 @app.command()
 def spool(
-    directory: Optional[str] = typer.Option(None, "--dir", help="The spool directory (default: runner_zmq_spool / "
+    directory: Optional[str] = typer.Option(None, "--dir", metavar="DIR", help="The spool directory (default: runner_zmq_spool / "
                                             "RUNNER_ZMQ_SPOOL, else $XDG_STATE_HOME/zmq-emitter/spool)."),
     send: bool = typer.Option(False, "--send", help="Send what waits now, each destination with the runner_zmq_* "
                                                     "settings of this environment, and say what was acknowledged."),
-    timeout: float = typer.Option(10.0, "--timeout", min=0.1, help="With --send: seconds to wait for each "
+    timeout: float = typer.Option(10.0, "--timeout", metavar="SECONDS", min=0.1, help="With --send: seconds to wait for each "
                                                                    "destination's broker to acknowledge."),
 ) -> None:
-    """List what runner processes left in the spool (not acknowledged by their exit), or send it."""
+    """List or send what processes left unacknowledged in the spool.
+
+    A process's exit spools what its broker had not acknowledged by then; the next process
+    publishing to that broker sends it first.
+    """
     from .runner import config as runner_config, plugin, spool as spool_module
 
     try:
@@ -406,10 +434,10 @@ def _age(seconds: float) -> str:
 
 @app.command()
 def demo(
-    fail_host: str = typer.Option("web2", "--fail-host", help="Host whose task fails ('none' for a clean run)."),
-    codec: str = typer.Option("json", "--codec", help="json or msgpack."),
+    fail_host: str = typer.Option("web2", "--fail-host", metavar="HOST", help="Host whose task fails ('none' for a clean run)."),
+    codec: str = typer.Option("json", "--codec", metavar="CODEC", help="json or msgpack."),
 ) -> None:
-    """Start a broker, run the bundled playbook with the plugin on, and show its events live."""
+    """A real run of the bundled playbook, its events shown live."""
     from . import demo as demo_module
 
     try:
@@ -425,10 +453,13 @@ app.add_typer(eda_app, name="eda")
 
 @eda_app.command("install")
 def eda_install(
-    path: Optional[str] = typer.Option(None, "--path", help="Collections directory to install into "
+    path: Optional[str] = typer.Option(None, "--path", metavar="DIR", help="Collections directory to install into "
                                        "(default: ansible-galaxy's own, such as ~/.ansible/collections)."),
 ) -> None:
-    """Install the collection zmq_emitter.eda shipped in this package, offline, with ansible-galaxy."""
+    """Install the collection zmq_emitter.eda, shipped in this package.
+
+    Offline, with ansible-galaxy.
+    """
     import shutil
     import subprocess
 
@@ -442,7 +473,10 @@ def eda_install(
 
 @eda_app.command("sources")
 def eda_sources() -> None:
-    """Print the directory of the source file, for ansible-rulebook -S (the source is then 'runner_events')."""
+    """Print the source file's directory, for ansible-rulebook -S.
+
+    The source is then named runner_events.
+    """
     from .consumers import eda
 
     typer.echo(str(eda.SOURCES))
