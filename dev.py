@@ -4,6 +4,7 @@
     python3 dev.py demo            # set everything up, then run the demo
     python3 dev.py test [ARGS]     # set everything up, then run the whole test suite (ARGS go to pytest)
     python3 dev.py bench [ARGS]    # set everything up, then run the benchmarks
+    python3 dev.py docs            # serve the documentation site on http://127.0.0.1:8000 (--build DIR: build it)
 
 Safe to run again: .venv is made once and reinstalled only when pyproject.toml changes.
 """
@@ -30,7 +31,7 @@ def ensure_venv() -> None:
     if not stamp.exists() or stamp.read_text() != digest:
         pip = [str(PYTHON), "-m", "pip", "install", "--disable-pip-version-check", "--quiet"]
         subprocess.check_call(pip + ["--upgrade", "pip"])
-        subprocess.check_call(pip + ["--editable", f"{ROOT}[test,eda,jetstream]"])
+        subprocess.check_call(pip + ["--editable", f"{ROOT}[test,eda,jetstream,docs]"])
         stamp.write_text(digest)
 
 
@@ -103,9 +104,20 @@ def ensure_promtool() -> None:
         shutil.copy2(Path(tmp) / "root" / "usr" / "bin" / "promtool", target)
 
 
+def docs_argv(args: list[str]) -> list[str]:
+    """``dev.py docs``: ``mkdocs serve`` (ARGS go to it); ``dev.py docs --build DIR``: the strict build into DIR,
+    failing on any broken link, anchor or API reference (what tests/test_docs_site.py runs)."""
+    mkdocs = [str(VENV / "bin" / "mkdocs")]
+    if args[:1] == ["--build"]:
+        if len(args) != 2:
+            sys.exit("dev.py docs --build DIR: give the directory to build the site into")
+        return mkdocs + ["build", "--strict", "--site-dir", str(Path(args[1]).resolve())]
+    return mkdocs + ["serve", *args]
+
+
 def main() -> None:
     command, args = (sys.argv[1], sys.argv[2:]) if len(sys.argv) > 1 else ("", [])
-    if command not in ("demo", "test", "bench"):
+    if command not in ("demo", "test", "bench", "docs"):
         sys.exit(__doc__)
     ensure_venv()
     env = dict(os.environ, PATH=f"{VENV / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}")
@@ -116,6 +128,9 @@ def main() -> None:
         ensure_debian_packages()
         ensure_promtool()
         argv = [str(PYTHON), "-m", "pytest", *args]
+    elif command == "docs":
+        argv = docs_argv(args)
+        env["NO_MKDOCS_2_WARNING"] = "1"  # mkdocs-material's banner about its successor, on every build
     else:
         argv = [str(PYTHON), str(ROOT / "benchmarks" / "run.py"), *args]
     os.chdir(ROOT)

@@ -300,11 +300,13 @@ class BrokerProcess:
     ``frontend``, ``backend`` and ``history`` are the endpoints it bound (a tcp port 0 becomes the
     port the OS chose); ``log`` collects its stderr lines as they come (read by a thread, so
     that a chatty broker never blocks on a full pipe); ``kill``/``start`` restart it on the
-    same endpoints.  With ``host`` (a ``netns.Host``), it runs on that host of the test network.
+    same endpoints.  With ``host`` (a ``netns.Host``), it runs on that host of the test network;
+    ``program``: another installation's ``zmq-emitter`` (the release test's fresh virtual environment).
     """
 
-    def __init__(self, frontend: str, backend: str, *args: str, history: str | None = None, host=None):
-        self.frontend, self.backend, self.args, self.host = frontend, backend, args, host
+    def __init__(self, frontend: str, backend: str, *args: str, history: str | None = None, host=None,
+                 program: Path = BIN / "zmq-emitter"):
+        self.frontend, self.backend, self.args, self.host, self.program = frontend, backend, args, host, program
         if history is None:  # never the default tcp port: tests may run brokers side by side
             history = frontend.rsplit("/", 1)[0] + "/history" if frontend.startswith("ipc://") else "none"
         self.history = history
@@ -313,7 +315,7 @@ class BrokerProcess:
         self.start()
 
     def start(self) -> None:
-        argv = [str(BIN / "zmq-emitter"), "broker", "--frontend", self.frontend, "--backend", self.backend,
+        argv = [str(self.program), "broker", "--frontend", self.frontend, "--backend", self.backend,
                 "--history", self.history, *self.args]
         self.proc = subprocess.Popen(self.host.command(argv) if self.host else argv,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -237,6 +237,19 @@ SETTINGS = (
 )
 
 
+SETTINGS_TABLE_HEADER = "| setting / environment variable | accepts | default | what it does |"
+
+
+def settings_table() -> str:
+    """SETTINGS as a Markdown table: the documentation site's (generated), README.md's (checked against it).
+
+    >>> settings_table().splitlines()[2].split(" | ")[:3]
+    ['| `runner_zmq_url` / `RUNNER_ZMQ_URL`', 'comma-separated tcp://HOST:PORT or ipc://PATH', '(none)']
+    """
+    rows = [f"| `{s.key}` / `{s.env}` | {s.accepts} | {s.shown_default} | {s.help} |" for s in SETTINGS]
+    return "\n".join([SETTINGS_TABLE_HEADER, "|---|---|---|---|", *rows])
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     """The resolved settings of one runner configuration."""
