@@ -102,6 +102,13 @@ def test_the_installed_wheel_prints_its_version(venv, tmp_path):
     assert (done.returncode, done.stdout) == (0, f"zmq-emitter {VERSION}\n"), done.stderr
 
 
+def test_the_installed_wheel_points_ansible_rulebook_at_its_own_eda_source(venv, tmp_path):
+    done = in_venv(venv, "zmq-emitter", "eda", "sources", cwd=tmp_path)
+    sources = Path(done.stdout.strip())
+    assert done.returncode == 0 and sources.is_relative_to(venv), done.stdout + done.stderr
+    assert (sources / "runner_events.py").is_file()
+
+
 def test_the_installed_wheel_carries_a_real_run_from_ansible_runner_to_tail(venv, tmp_path):
     """The plugin found by ansible-runner through the wheel's entry point, the broker and tail from the
     wheel, the demo project from its package data; nothing from this checkout."""
