@@ -1,0 +1,76 @@
+// A run's output, windowed: only the lines in view (and a few around) are in the DOM, so that a run of
+// 10,000+ events scrolls and grows without freezing the page.  Lines have one fixed height; a spacer
+// gives the scroll container its full height.  Appends are batched into one render per animation frame,
+// and the view follows the end of the output while it is scrolled to the end.
+import { ansiLines, appendSegments } from './ansi.js';
+
+export const LINE_HEIGHT = 18; // px: the same as .output .row in app.css
+const OVERSCAN = 30; // lines rendered above and below the visible ones
+export const MAX_LINES = 300000; // beyond this, the oldest lines leave the page (a note says so)
+
+export class OutputView {
+  // root: the scroll container; onPick(eventIndex): a line was clicked
+  constructor(root, onPick) {
+    this.root = root;
+    this.onPick = onPick;
+    this.lines = []; // {seg: [{text, cls}], ev: index of its event, f: a failure's line}
+    this.trimmed = 0;
+    this.spacer = document.createElement('div');
+    this.spacer.className = 'spacer';
+    this.rows = document.createElement('div');
+    this.rows.className = 'rows';
+    this.spacer.append(this.rows);
+    root.replaceChildren(this.spacer);
+    this.follow = true;
+    this.pending = false;
+    this.shown = [-1, -1, -1];
+    root.addEventListener('scroll', () => {
+      this.follow = root.scrollTop + root.clientHeight >= root.scrollHeight - LINE_HEIGHT * 2;
+      this.schedule();
+    });
+    this.rows.addEventListener('click', (e) => {
+      const row = e.target.closest('.row');
+      if (row && row.dataset.ev !== undefined) this.onPick(Number(row.dataset.ev));
+    });
+  }
+
+  // One event's stdout (its lines), as event number `ev`; `failed`: highlight its lines.
+  append(stdout, ev, failed) {
+    if (!stdout) return;
+    for (const seg of ansiLines(stdout)) this.lines.push({ seg, ev, f: failed });
+    if (this.lines.length > MAX_LINES) {
+      const drop = this.lines.length - MAX_LINES;
+      this.lines.splice(0, drop);
+      this.trimmed += drop;
+    }
+    this.schedule();
+  }
+
+  schedule() {
+    if (this.pending) return;
+    this.pending = true;
+    requestAnimationFrame(() => { this.pending = false; this.render(); });
+  }
+
+  render() {
+    const root = this.root, total = this.lines.length;
+    this.spacer.style.height = `${total * LINE_HEIGHT}px`;
+    if (this.follow) root.scrollTop = root.scrollHeight;
+    const first = Math.max(0, Math.floor(root.scrollTop / LINE_HEIGHT) - OVERSCAN);
+    const last = Math.min(total, Math.ceil((root.scrollTop + root.clientHeight) / LINE_HEIGHT) + OVERSCAN);
+    const key = [first, last, this.trimmed];
+    if (key[0] === this.shown[0] && key[1] === this.shown[1] && key[2] === this.shown[2]) return;
+    this.shown = key;
+    const fragment = document.createDocumentFragment();
+    for (let i = first; i < last; i++) {
+      const line = this.lines[i];
+      const row = document.createElement('div');
+      row.className = line.f ? 'row failed' : 'row';
+      row.dataset.ev = String(line.ev);
+      appendSegments(row, line.seg);
+      fragment.append(row);
+    }
+    this.rows.style.transform = `translateY(${first * LINE_HEIGHT}px)`;
+    this.rows.replaceChildren(fragment);
+  }
+}
