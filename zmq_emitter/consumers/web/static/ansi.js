@@ -7,8 +7,8 @@
 // The text of a segment is inserted with textContent (see appendSegments): it is never HTML.
 
 const COLOURS = ['black', 'red', 'green', 'yellow', 'blue', 'magenta', 'cyan', 'white'];
-// CSI ... final byte | OSC ... BEL or ST | any other ESC sequence (two bytes) | a lone ESC
-const ESCAPE = /\x1b\[([0-?]*)[ -/]*([@-~])|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-_]|\x1b|\x9b[0-?]*[ -/]*[@-~]/g;
+// CSI ... final byte | OSC ... BEL or ST | any other ESC sequence (intermediates, final) | a lone ESC | C1 CSI
+const ESCAPE = /\x1b\[([0-?]*)[ -/]*([@-~])|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[ -/]*[0-~]|\x1b|\x9b[0-?]*[ -/]*[@-~]/g;
 // Control characters other than tab (newlines are split on first); C1 controls too.
 const CONTROLS = /[\x00-\x08\x0b-\x1f\x7f-\x9f]/g;
 

@@ -12,6 +12,7 @@ let page = null; // the page shown: {close()}
 const inspect = { page: null };
 window.zmqEmitterWeb = {
   events: () => (inspect.page && inspect.page.events ? inspect.page.events.map((e) => [e.k, e.c, e.e]) : []),
+  repeats: () => (inspect.page && inspect.page.repeats !== undefined ? inspect.page.repeats : null),
   run: () => (inspect.page && inspect.page.run ? inspect.page.run : null),
   runs: () => (inspect.page && inspect.page.runs ? [...inspect.page.runs.values()] : []),
 };
@@ -135,7 +136,7 @@ function runPage(ident) {
     detail.textContent = response.ok ? JSON.stringify(await response.json(), null, 2) : `(${response.status}) no longer held by the server`;
   };
   const view = new OutputView(output, pick);
-  const state = { events, run: null };
+  const state = { events, run: null, repeats: 0 };
   inspect.page = state;
 
   const showRun = (run) => {
@@ -170,7 +171,7 @@ function runPage(ident) {
   const source = connection(`/api/runs/${encodeURIComponent(ident)}/stream`, {
     events: (batch) => {
       for (const ev of batch) {
-        if (seen.has(ev.k)) continue; // a repeat (cannot happen with the server's cursor; cheap to be sure)
+        if (seen.has(ev.k)) { state.repeats += 1; continue; } // the server's cursor prevents these; counted
         seen.add(ev.k);
         events.push(ev);
         view.append(ev.s, events.length - 1, ev.f);
