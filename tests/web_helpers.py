@@ -3,7 +3,8 @@ headless browser (Debian's chromium through chromium-driver, driven by Selenium)
 
 ``browser_unavailable()`` says why no browser can be had (the tests skip with that reason);
 ``Browser`` opens a page and waits for what it shows; ``WebProcess`` starts, kills and restarts
-the server on the same port.
+the server on the same port.  The benchmark of the web view (benchmarks/web.py) uses them too, so this
+module imports nothing of the test suite's.
 """
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
-from conftest import BIN
+BIN = Path(sys.executable).parent
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
