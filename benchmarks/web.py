@@ -63,18 +63,20 @@ def _one(browser: Browser, web: WebProcess, config, corpus: list[dict], ident: s
         _, t_start, t_end = paced_calls(config, events, rate)
     publisher_of(config).flush(30)
     deadline = time.monotonic() + 120
-    while browser.js("return window.zmqEmitterWeb.events().length") < n:
+    held = "const r = window.zmqEmitterWeb.run(); return window.zmqEmitterWeb.events().length + (r ? r.dropped : 0)"
+    while browser.js(held) < n:  # every event shown, or some no longer held by the server (--max-run-mib)
         if time.monotonic() > deadline:
             break
         time.sleep(0.05)
     t_page = time.monotonic_ns()
     shown = browser.js("return window.zmqEmitterWeb.events().length")
+    dropped = browser.js("const r = window.zmqEmitterWeb.run(); return r ? r.dropped : 0")
     browser.js("window.__stopFrames = true")
     frames = sorted(browser.js("return window.__frames"))
     browser.driver.execute_cdp_cmd("HeapProfiler.collectGarbage", {})
     browser.driver.execute_cdp_cmd("Performance.enable", {})
     metrics = {m["name"]: m["value"] for m in browser.driver.execute_cdp_cmd("Performance.getMetrics", {})["metrics"]}
-    return {"rate_asked": rate, "sent": n, "shown": shown, "repeats": browser.js("return window.zmqEmitterWeb.repeats()"),
+    return {"rate_asked": rate, "sent": n, "shown": shown, "repeats": browser.js("return window.zmqEmitterWeb.repeats()"), "dropped_by_server": dropped,
             "send_per_s": n / ((t_end - t_start) / 1e9), "page_per_s": shown / ((t_page - t_start) / 1e9),
             "lag_s": (t_page - t_end) / 1e9, "frame_p99_ms": common.percentile(frames, 99) if frames else None,
             "frame_max_ms": frames[-1] if frames else None, "heap_mib": metrics["JSHeapUsedSize"] / 2**20,

@@ -390,3 +390,66 @@ def test_every_response_carries_a_strict_content_security_policy_and_loopback_re
         assert _get(web.url + "api/runs", {"Host": "evil.example:80"})[0] == 421
     finally:
         web.stop()
+
+
+# ---- the run model alone (sans-I/O: no processes) -------------------------------------------------------------
+
+def _msg(seq: int, name: str = "runner_on_ok", ident: str = "run", pub: str = "aaaaaaaaaaaaaaaa", kind: str = "event",
+         **payload):
+    from consumer_helpers import message
+    from zmq_emitter import protocol
+    return protocol.decode(message(pub, seq, kind, ident, name, payload))
+
+
+def test_the_run_model_holds_at_most_max_events_and_goes_on_from_exactly_a_cursor():
+    from zmq_emitter.consumers.web.model import Runs, format_cursor, parse_cursor
+    runs = Runs(max_events=100)
+    for seq in range(1, 151):
+        runs.add(_msg(seq, stdout=f"line {seq}"), now=0.0)
+    run = runs.get("run")
+    assert (run.dropped, len(run.events), run.event_count) == (50, 100, 150)
+    assert [r.seq for _, r in run.after({"aaaaaaaaaaaaaaaa": 120})] == list(range(121, 151))
+    assert [r.seq for _, r in run.after({})] == list(range(51, 151))  # what is held; the page says 50 are gone
+    assert ("aaaaaaaaaaaaaaaa", 1) not in run.by_key and ("aaaaaaaaaaaaaaaa", 51) in run.by_key
+    assert parse_cursor(format_cursor({"aaaaaaaaaaaaaaaa": 7, "bbbbbbbbbbbbbbbb": 3})) == {
+        "aaaaaaaaaaaaaaaa": 7, "bbbbbbbbbbbbbbbb": 3}
+    assert parse_cursor("<script>,a.b,c.-1,\u00e9.1") == {}  # anything else a client sends is ignored
+
+
+def test_the_run_model_keeps_at_most_max_runs_the_least_recently_active_finished_ones_going_first():
+    from zmq_emitter.consumers.web.model import Runs
+    runs = Runs(max_runs=2)
+    runs.add(_msg(1, "running", ident="old-done", kind="status"), now=1.0)
+    runs.add(_msg(2, "successful", ident="old-done", kind="status"), now=2.0)
+    runs.add(_msg(3, "running", ident="long-running", kind="status"), now=0.5)
+    runs.add(_msg(4, "running", ident="new", kind="status"), now=3.0)
+    assert sorted(runs.runs) == ["long-running", "new"]
+
+
+def test_the_run_model_counts_hosts_as_ansible_does_then_takes_ansibles_own_stats():
+    from zmq_emitter.consumers.web.model import Runs
+    runs = Runs()
+    runs.add(_msg(1, event_data={"host": "a", "res": {"changed": True}}), now=0.0)
+    runs.add(_msg(2, "runner_item_on_ok", event_data={"host": "a", "res": {}}), now=0.0)  # items do not count
+    runs.add(_msg(3, "runner_on_failed", event_data={"host": "b", "ignore_errors": True, "res": {"msg": "x"}}), now=0.0)
+    runs.add(_msg(4, "runner_on_unreachable", event_data={"host": "c", "task": "ping", "res": {"msg": "no route"}}),
+             now=0.0)
+    detail = runs.get("run").detail()
+    assert {row["host"]: (row["ok"], row["changed"], row["failed"], row["unreachable"])
+            for row in detail["host_table"]} == {"a": (1, 1, 0, 0), "b": (1, 0, 0, 0), "c": (0, 0, 0, 1)}
+    assert detail["hosts"] == {"ok": 1, "changed": 1, "failed": 0, "unreachable": 1, "skipped": 0}
+    assert [(f["host"], f["task"], f["msg"]) for f in detail["failures"]] == [("c", "ping", "no route")]
+    runs.add(_msg(5, "playbook_on_stats", event_data={"ok": {"a": 5}, "changed": {"a": 2}, "failures": {"b": 1},
+                                                     "dark": {}, "skipped": {}, "processed": {"a": 1, "b": 1}}),
+             now=0.0)
+    assert runs.get("run").summary()["hosts"] == {"ok": 0, "changed": 1, "failed": 1, "unreachable": 0, "skipped": 0}
+
+
+def test_web_refuses_a_missing_token_file_and_a_malformed_basic_auth_file_with_a_clear_message(tmp_path):
+    (tmp_path / "basic").write_text("no-colon-here\n")
+    for option, path, expected in (("--token-file", tmp_path / "absent", "cannot be read"),
+                                   ("--basic-auth-file", tmp_path / "basic", "expected one line USER:PASSWORD"),
+                                   ("--listen", "nowhere", "expected HOST:PORT")):
+        result = subprocess.run([str(BIN / "zmq-emitter"), "web", "--history", "none", option, str(path)],
+                                capture_output=True, text=True, timeout=30, env=runner_env())
+        assert result.returncode == 2 and expected in result.stderr and "Traceback" not in result.stderr, result.stderr

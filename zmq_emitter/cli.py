@@ -263,6 +263,8 @@ def web(
                                                   "USER:PASSWORD (or ZMQ_EMITTER_WEB_BASIC_AUTH): HTTP basic auth."),
     max_runs: int = typer.Option(200, "--max-runs", min=1, help="Runs held (the oldest finished ones go first)."),
     max_events: int = typer.Option(50_000, "--max-events", min=100, help="Events held per run (the oldest go first)."),
+    max_run_mib: int = typer.Option(256, "--max-run-mib", min=1, help="MiB of events held per run (the oldest go "
+                                                                         "first)."),
     curve_server_key: Optional[str] = typer.Option(
         None, "--curve-server-key", help="The broker's public key (.key file or z85 text): CURVE encryption."),
     curve_secret_key_file: Optional[str] = typer.Option(
@@ -288,7 +290,8 @@ def web(
             f"--basic-auth-file {basic_auth_file!r}" if basic_auth_file else web_module.BASIC_AUTH_ENV)
         security.ClientCurve.load(curve_server_key, curve_secret_key_file)  # a bad key: said now, not at connect
         options = web_module.Options(tuple(endpoints), tuple(histories) if histories else None, listen, token, basic,
-                                     curve_server_key, curve_secret_key_file, max_runs, max_events)
+                                     curve_server_key, curve_secret_key_file, max_runs, max_events,
+                                     max_run_mib << 20)
         web_module.serve(options)
     except web_module.WebError as exc:
         _fail(f"web: {exc}", 2)

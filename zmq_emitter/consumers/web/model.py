@@ -228,7 +228,7 @@ class Run:
 class Runs:
     """Every run seen, bounded; fed with messages in the order the subscriber hands them out."""
 
-    def __init__(self, max_runs: int = 200, max_events: int = 50_000, max_bytes: int = 64 << 20):
+    def __init__(self, max_runs: int = 200, max_events: int = 50_000, max_bytes: int = 256 << 20):
         self.max_runs, self.max_events, self.max_bytes = max_runs, max_events, max_bytes
         self.runs: dict[str, Run] = {}
         self.publishers: dict[str, set[str]] = {}  # publisher -> the runs it published (where its gaps belong)

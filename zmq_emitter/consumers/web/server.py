@@ -84,7 +84,7 @@ class Options:
     curve_secret_key_file: str | None = None
     max_runs: int = 200
     max_events: int = 50_000
-    max_run_bytes: int = 64 << 20
+    max_run_bytes: int = 256 << 20
 
 
 def listen_address(listen: str) -> tuple[str, int]:

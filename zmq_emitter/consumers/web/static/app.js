@@ -120,7 +120,7 @@ function runPage(ident) {
   const count = h('span', { id: 'event-count', text: '0 events' });
   clear(app).append(h('section', { class: 'run-page' }, head, bar, notes,
     h('div', { class: 'columns' },
-      h('div', { class: 'main-col' }, h('h2', {}, 'Output ', count), output),
+      h('div', { class: 'main-col' }, h('h2', {}, 'Output · ', count), output),
       h('div', { class: 'side-col' }, h('h2', { text: 'Hosts' }), hostTable, h('h2', { text: 'Failed and unreachable' }),
         failures, detailBox))));
   head.append(h('p', { class: 'waiting', text: `Waiting for run ${ident}…` }));
@@ -175,6 +175,7 @@ function runPage(ident) {
         seen.add(ev.k);
         events.push(ev);
         view.append(ev.s, events.length - 1, ev.f);
+        ev.s = undefined; // held once, as the output's lines (the server has the whole event for a click)
       }
       count.textContent = `${events.length} events`;
     },

@@ -6,7 +6,8 @@ import { ansiLines, appendSegments } from './ansi.js';
 
 export const LINE_HEIGHT = 18; // px: the same as .output .row in app.css
 const OVERSCAN = 30; // lines rendered above and below the visible ones
-export const MAX_LINES = 300000; // beyond this, the oldest lines leave the page (a note says so)
+export const MAX_LINES = 300000; // beyond this, the oldest lines leave the page
+const TRIM_CHUNK = 20000;
 
 export class OutputView {
   // root: the scroll container; onPick(eventIndex): a line was clicked
@@ -38,7 +39,7 @@ export class OutputView {
   append(stdout, ev, failed) {
     if (!stdout) return;
     for (const seg of ansiLines(stdout)) this.lines.push({ seg, ev, f: failed });
-    if (this.lines.length > MAX_LINES) {
+    if (this.lines.length > MAX_LINES + TRIM_CHUNK) { // in chunks: not a copy of the whole array per event
       const drop = this.lines.length - MAX_LINES;
       this.lines.splice(0, drop);
       this.trimmed += drop;
