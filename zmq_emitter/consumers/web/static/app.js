@@ -192,6 +192,7 @@ function runPage(ident) {
 
 function route() {
   if (page) page.close();
+  page = null;
   const match = /^#\/run\/(.+)$/.exec(location.hash);
   let ident = null;
   if (match) {
@@ -201,4 +202,8 @@ function route() {
 }
 
 window.addEventListener('hashchange', route);
+// A page left for another stays in the back/forward cache with its streams open, and a browser allows only a
+// few connections per server: close them when the page is hidden, open them again if it comes back.
+window.addEventListener('pagehide', () => { if (page) { page.close(); page = null; } });
+window.addEventListener('pageshow', (e) => { if (e.persisted) route(); });
 route();
