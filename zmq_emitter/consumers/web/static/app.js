@@ -175,7 +175,7 @@ function runPage(ident) {
         seen.add(ev.k);
         events.push(ev);
         view.append(ev.s, events.length - 1, ev.f);
-        ev.s = undefined; // held once, as the output's lines (the server has the whole event for a click)
+        ev.s = undefined; // held once, by the output view (the server has the whole event for a click)
       }
       count.textContent = `${events.length} events`;
     },
