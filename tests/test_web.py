@@ -15,7 +15,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import BIN, BrokerProcess, job_events, run_cli, runner_env
+import time
+
+from conftest import BIN, BrokerProcess, RawPublisher, job_events, run_cli, runner_env
 
 from zmq_emitter.demo import PROJECT
 from web_helpers import Browser, WebProcess, browser_unavailable
@@ -329,6 +331,28 @@ def test_after_a_server_restart_mid_run_the_page_catches_up_without_gaps_or_repe
     counters = [counter for _, counter, _ in events]
     assert counters == [e["counter"] for e in job_events(project, "web-server-restart")]
     assert browser.js("return window.zmqEmitterWeb.repeats()") == 0  # the server went on from the page's cursor
+
+
+@needs_browser
+def test_messages_lost_for_good_are_counted_on_their_runs_page(browser, tmp_path):
+    broker = BrokerProcess(f"ipc://{tmp_path}/frontend", f"ipc://{tmp_path}/backend", "--startup-grace", "0")
+    web = WebProcess(broker.backend, None)  # no history to recover a gap from: it is lost for good
+    try:
+        run_page(browser, web, "gappy")
+        with RawPublisher(broker.frontend) as publisher:
+            deadline = time.monotonic() + 30
+            while not browser.js("return window.zmqEmitterWeb.events().length"):  # the path up (slow joiner)
+                assert time.monotonic() < deadline, "the first event never reached the page"
+                publisher.send("gappy", "runner_on_ok", {"stdout": "before", "counter": 1}, seq=1)  # repeats dropped
+                time.sleep(0.1)
+            publisher.send("gappy", "runner_on_ok", {"stdout": "after", "counter": 5}, seq=5)
+            note = browser.wait("const n = document.querySelector('.notes .gap'); return n && n.textContent", 30,
+                                "the gap on the page")
+    finally:
+        web.stop()
+        broker.stop()
+    assert note.startswith("3 message(s) of this run's publisher(s) were lost for good")
+    assert [counter for _, counter, _ in browser.js("return window.zmqEmitterWeb.events()")] == [1, 5]
 
 
 def _get(url: str, headers: dict | None = None) -> tuple[int, dict, bytes]:

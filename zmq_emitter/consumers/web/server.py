@@ -27,7 +27,7 @@ import dataclasses
 import hashlib
 import hmac
 import ipaddress
-import logging
+import signal
 import socket
 import sys
 import time
@@ -63,9 +63,6 @@ SUMMARY_SECONDS = 0.5  # a run's head (host table, counts) at most this often
 BATCH_RECORDS = 2000  # events per server-sent message at most
 KEEPALIVE_SECONDS = 15.0
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
-
-log = logging.getLogger("zmq_emitter.web")
-
 
 class WebError(ValueError):
     """An option the server cannot use; the message names it, the value and what is accepted."""
@@ -227,7 +224,6 @@ class Feed:
 
     def __init__(self, runs: Runs, options: Options, say: Callable[[str], None]):
         self.runs, self.options, self.say = runs, options, say
-        self.state = "starting"
 
     async def run(self) -> None:
         options = self.options
@@ -242,7 +238,6 @@ class Feed:
                 if queued is None:
                     self.say("zmq-emitter web: the history did not answer; showing live runs only")
                 times_pending = bool(queued)
-            self.state = "live"
             while True:
                 msg = await sub.recv(timeout=1.0)
                 if msg is not None:
@@ -252,6 +247,15 @@ class Feed:
                     times_pending = False
         finally:
             sub.close()
+
+    def ended(self, task: asyncio.Task) -> None:
+        """The task ended other than by the server stopping (a bug: the library raises nothing for what comes off
+        the network): say so and stop the server, so that a supervisor starts it again, rather than serve pages
+        that no longer update."""
+        if task.cancelled() or task.exception() is None:
+            return
+        self.say(f"zmq-emitter web: the subscriber stopped: {task.exception()!r}; stopping")
+        signal.raise_signal(signal.SIGTERM)
 
     def _gap(self, gap: Gap) -> None:
         self.say(f"zmq-emitter web: missed {gap.count} message(s) of publisher {gap.publisher}: "
@@ -344,6 +348,8 @@ def create_app(runs: Runs, auth: Auth | None = None, check_host: bool = True,
     @contextlib.asynccontextmanager
     async def lifespan(app):
         task = None if feed is None else asyncio.get_running_loop().create_task(feed.run())
+        if task is not None:
+            task.add_done_callback(feed.ended)
         try:
             yield
         finally:
