@@ -54,6 +54,10 @@ def test_quick_benchmarks_run_every_figure_and_lose_nothing(tmp_path):
         assert d["lost"] == 0 and d["in_order"], rate
         assert 0 < d["p50_us"]["median"] <= d["p99_us"]["median"] <= d["max_us"]["median"]
 
+    if "skipped" not in figures["web"]:  # every event on the page, once
+        for rate, d in figures["web"]["data"].items():
+            assert d["shown"] == d["sent"] and d["repeats"] == 0 and d["dom_nodes"] > 0, rate
+
     runs = figures["playbook"]["data"]
     assert set(runs) >= {"off", "zmq", "http"}
     for mode in ("zmq", "http"):

@@ -355,6 +355,36 @@ def test_messages_lost_for_good_are_counted_on_their_runs_page(browser, tmp_path
     assert [counter for _, counter, _ in browser.js("return window.zmqEmitterWeb.events()")] == [1, 5]
 
 
+def test_a_server_started_after_a_run_shows_it_from_a_curve_brokers_history(tmp_path, project):
+    keys, allowed = tmp_path / "keys", tmp_path / "subscribers"
+    for name in ("broker", "web"):
+        subprocess.run([str(BIN / "zmq-emitter"), "keygen", name, "--dir", str(keys)], check=True, capture_output=True)
+    allowed.mkdir()
+    shutil.copy(keys / "web.key", allowed / "web.key")
+    broker = BrokerProcess(f"ipc://{tmp_path}/frontend", f"ipc://{tmp_path}/backend", "--startup-grace", "0",
+                           "--curve-secret-key-file", str(keys / "broker.key_secret"), "--subscriber-keys", str(allowed))
+    web = None
+    try:
+        result = run_cli(project, "curve-run", runner_env(RUNNER_ZMQ_URL=broker.frontend,
+                                                          RUNNER_ZMQ_CURVE_SERVER_KEY=str(keys / "broker.key")))
+        assert result.returncode == 2, result.stderr
+        web = WebProcess(broker.backend, broker.history, "--curve-server-key", str(keys / "broker.key"),
+                         "--curve-secret-key-file", str(keys / "web.key_secret"))
+        deadline, runs = time.monotonic() + 30, []
+        while not any(r["ident"] == "curve-run" and r["status"] == "failed" for r in runs):
+            assert time.monotonic() < deadline, f"the run never came from the history: {runs}"
+            time.sleep(0.2)
+            runs = json.loads(_get(web.url + "api/runs")[2])
+        detail = json.loads(_get(web.url + "api/runs/curve-run")[2])
+    finally:
+        if web is not None:
+            web.stop()
+        broker.stop()
+    assert detail["events"] == len(job_events(project, "curve-run")) and detail["stats_final"]
+    assert {row["host"]: row["failed"] for row in detail["host_table"]} == {"db1": 0, "web1": 0, "web2": 1}
+    assert "refused" not in "".join(web.log)
+
+
 def _get(url: str, headers: dict | None = None) -> tuple[int, dict, bytes]:
     request = urllib.request.Request(url, headers=headers or {})
 
