@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 import re
 from typing import Any, Iterable, Iterator
 
@@ -193,11 +194,10 @@ class Run:
 
     def after(self, positions: dict[str, int], start: int = 0) -> Iterator[tuple[int, Record]]:
         """(index, record) of the records held from index ``start`` on that come after ``positions``."""
-        events = self.events
-        for index in range(max(0, start - self.dropped), len(events)):
-            record = events[index]
+        offset = max(0, start - self.dropped)  # (islice: a deque's items by index would cost O(n) each)
+        for index, record in enumerate(itertools.islice(self.events, offset, None), offset + self.dropped):
             if record.seq > positions.get(record.pub, 0):
-                yield index + self.dropped, record
+                yield index, record
 
     @property
     def end(self) -> int:
