@@ -478,6 +478,7 @@ def test_the_run_model_keeps_at_most_max_runs_the_least_recently_active_finished
     runs.add(_msg(3, "running", ident="long-running", kind="status"), now=0.5)
     runs.add(_msg(4, "running", ident="new", kind="status"), now=3.0)
     assert sorted(runs.runs) == ["long-running", "new"]
+    assert set(runs.publishers) == {"aaaaaaaaaaaaaaaa"} and runs.publishers["aaaaaaaaaaaaaaaa"] == {"long-running", "new"}
 
 
 def test_the_run_model_counts_hosts_as_ansible_does_then_takes_ansibles_own_stats():

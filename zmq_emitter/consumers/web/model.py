@@ -40,6 +40,7 @@ _COUNTED = {"runner_on_ok": "ok", "runner_on_failed": "failed", "runner_on_unrea
 _STATS = {"ok": "ok", "changed": "changed", "failures": "failed", "dark": "unreachable", "skipped": "skipped"}
 _HIGHLIGHTED = {"runner_on_failed", "runner_item_on_failed", "runner_on_unreachable", "runner_on_async_failed"}
 _MAX_FAILURES = 200  # failures listed per run (the host table counts them all)
+_MAX_HOSTS = 10_000  # hosts counted per run (a publisher could name any number)
 _MAX_TEXT = 4000  # a message or task name is cut to this many characters for the page
 _CURSOR_PART = re.compile(r"([0-9A-Za-z_-]{1,64})\.(\d{1,19})")
 
@@ -121,6 +122,7 @@ class Run:
         self.bytes = 0
         self.max_events, self.max_bytes = max_events, max_bytes
         self.positions: dict[str, int] = {}
+        self.publishers: set[str] = set()  # every publisher of its messages, statuses too
         self.version = 0  # grows with every change: streams send what changed since the version they sent
 
     @property
@@ -162,14 +164,15 @@ class Run:
             for key, outcome in _STATS.items():
                 per_host = data.get(key) if isinstance(data.get(key), dict) else {}
                 for who, count in per_host.items():
-                    if isinstance(count, int):
+                    if isinstance(count, int) and (len(hosts) < _MAX_HOSTS or str(who)[:_MAX_TEXT] in hosts):
                         hosts.setdefault(str(who)[:_MAX_TEXT], dict.fromkeys(OUTCOMES, 0))[outcome] = count
             processed = data.get("processed")
-            for who in processed if isinstance(processed, dict) else ():
-                hosts.setdefault(str(who)[:_MAX_TEXT], dict.fromkeys(OUTCOMES, 0))
+            for who in list(processed)[:_MAX_HOSTS] if isinstance(processed, dict) else ():
+                if len(hosts) < _MAX_HOSTS:
+                    hosts.setdefault(str(who)[:_MAX_TEXT], dict.fromkeys(OUTCOMES, 0))
             self.hosts, self.stats_final = hosts, True
             return
-        if not host or self.stats_final:
+        if not host or self.stats_final or (len(self.hosts) >= _MAX_HOSTS and host not in self.hosts):
             return
         counts = self.hosts.setdefault(host, dict.fromkeys(OUTCOMES, 0))
         outcome = _COUNTED.get(name)
@@ -247,6 +250,7 @@ class Runs:
             run = self.runs[msg.ident] = Run(msg.ident, now, self.max_events, self.max_bytes)
             self._bound()
         self.publishers.setdefault(msg.publisher, set()).add(msg.ident)
+        run.publishers.add(msg.publisher)
         run.last_seen = now
         if msg.kind == "status":
             run.status_message(msg.name, now)
@@ -286,5 +290,11 @@ class Runs:
 
     def _bound(self) -> None:
         while len(self.runs) > self.max_runs:  # the least recently active finished run first, else the oldest
-            victims = sorted(self.runs.values(), key=lambda r: (not r.finished, r.last_seen))
-            del self.runs[victims[0].ident]
+            victim = min(self.runs.values(), key=lambda r: (not r.finished, r.last_seen))
+            del self.runs[victim.ident]
+            for pub in victim.publishers:  # a runner process is a publisher: forget those of runs gone
+                idents = self.publishers.get(pub)
+                if idents is not None:
+                    idents.discard(victim.ident)
+                    if not idents:
+                        del self.publishers[pub]
