@@ -62,6 +62,7 @@ BATCH_SECONDS = 0.1  # how often a stream sends what changed: updates are batche
 SUMMARY_SECONDS = 0.5  # a run's head (host table, counts) at most this often
 BATCH_RECORDS = 2000  # events per server-sent message at most
 KEEPALIVE_SECONDS = 15.0
+REPLAY_RETRY_SECONDS = 5.0
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
 class WebError(ValueError):
@@ -232,13 +233,22 @@ class Feed:
                               curve_server_key=options.curve_server_key,
                               curve_secret_key_file=options.curve_secret_key_file, history=options.history)
         try:
+            replay_due = 0.0 if options.history else None  # None: replayed (or no history to replay from)
             times_pending = False
-            if options.history:
-                queued = await sub.replay()
-                if queued is None:
-                    self.say("zmq-emitter web: the history did not answer; showing live runs only")
-                times_pending = bool(queued)
             while True:
+                if replay_due is not None and time.monotonic() >= replay_due:
+                    # Every run the history holds, so that a (re)started server shows them.  A history not up yet
+                    # is asked again while live messages come in: the runs it then replays are shown whole, those
+                    # already seen live from where they were first seen (the library never hands out a
+                    # publisher's earlier seq after a later one).
+                    queued = await sub.replay()
+                    if queued is None:
+                        if replay_due == 0.0:
+                            self.say("zmq-emitter web: the history did not answer; asking again every "
+                                     f"{REPLAY_RETRY_SECONDS:g} s, showing live runs meanwhile")
+                        replay_due = time.monotonic() + REPLAY_RETRY_SECONDS
+                    else:
+                        replay_due, times_pending = None, bool(queued)
                 msg = await sub.recv(timeout=1.0)
                 if msg is not None:
                     self.runs.add(msg, time.time())
