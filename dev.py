@@ -31,7 +31,7 @@ def ensure_venv() -> None:
     if not stamp.exists() or stamp.read_text() != digest:
         pip = [str(PYTHON), "-m", "pip", "install", "--disable-pip-version-check", "--quiet"]
         subprocess.check_call(pip + ["--upgrade", "pip"])
-        subprocess.check_call(pip + ["--editable", f"{ROOT}[test,eda,jetstream,docs]"])
+        subprocess.check_call(pip + ["--editable", f"{ROOT}[test,eda,jetstream,web,docs]"])
         stamp.write_text(digest)
 
 
@@ -59,6 +59,7 @@ DEBIAN = {
     "/usr/include/msgpack.h": "libmsgpack-dev",
     "ip": "iproute2",  # the network tests build hosts with `ip netns`
     "nats-server": "nats-server",  # the JetStream cluster tests/test_jetstream.py starts
+    "chromium": "chromium", "chromedriver": "chromium-driver",  # the web view's browser tests (tests/test_web.py)
 }
 
 

@@ -13,6 +13,8 @@ Figures (module, what):
   memory    6. resident size after a million event_handler calls
   hops      8. runner -> edge -> central -> subscriber against one broker: throughput, latency per hop
   eda       9. event_handler call -> a rule's action starting in a real ansible-rulebook (skipped without Java 17+)
+  web      11. the web view in headless chromium: events/s a run's page keeps up with, its memory after a
+               10,000-event run (skipped without chromium, chromium-driver and selenium)
   profile   where the hot path's time goes (cProfile), broker history on and off
 
 Every figure runs its contenders in the same run, alternating, several repetitions, and
@@ -30,9 +32,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import charts, common, eda, fanout, hops, hotpath, latency, memory, peers, playbook, profile_hotpath  # noqa: E402
+from benchmarks import charts, common, eda, fanout, hops, hotpath, latency, memory, peers, playbook, profile_hotpath, web  # noqa: E402
 
-FIGURES = ("hotpath", "peers", "fanout", "latency", "playbook", "memory", "hops", "eda", "profile")
+FIGURES = ("hotpath", "peers", "fanout", "latency", "playbook", "memory", "hops", "eda", "web", "profile")
 
 # (full, quick) sizes of each figure.
 SIZES = {
@@ -54,6 +56,8 @@ SIZES = {
     "hops_rates": ((1_000, 10_000), (1_000,)),
     "eda_n": (300, 10),  # matching events per rep, at eda_rate: 15 s a rep (full), 0.5 s (quick)
     "eda_rate": (20, 20),
+    "web_n": (10_000, 1_000),
+    "web_rates": ((1_000, 5_000, None), (1_000,)),  # None: as fast as event_handler goes
 }
 
 
@@ -101,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         "memory": lambda: memory.run(corpus_path, size["memory_calls"]),
         "hops": lambda: hops.run(corpus, reps, size["hops_n"], size["hops_rates"], size["latency_seconds"]),
         "eda": lambda: eda.run(corpus, reps, size["eda_n"], size["eda_rate"]),
+        "web": lambda: web.run(corpus, size["web_n"], size["web_rates"]),
     }
     for name in args.only:
         t0 = time.monotonic()

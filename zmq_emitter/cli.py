@@ -31,7 +31,7 @@ from .consumers.subscriber import DEFAULT_ENDPOINT, Subscriber
 from .runner.config import check_endpoint
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
-                  help="ZeroMQ event bus for ansible-runner: broker, tail and demo.")
+                  help="ZeroMQ event bus for ansible-runner: broker, tail, web and demo.")
 
 
 def _print_version(wanted: bool) -> None:
@@ -266,6 +266,62 @@ class _ManCommand(TyperCommand):
 
     def collect_usage_pieces(self, ctx):
         return [piece.strip("{}") for piece in super().collect_usage_pieces(ctx)]
+
+
+@app.command()
+def web(
+    connect: List[str] = typer.Option([DEFAULT_ENDPOINT], "--connect", "-c", metavar="ENDPOINT",
+                                      help="Broker backend endpoint(s); several: a redundant pair."),
+    history: List[str] = typer.Option([broker_module.DEFAULT_HISTORY], "--history", metavar="ENDPOINT",
+                                      help="The broker's history endpoint(s): the runs it holds are shown at start, "
+                                           "gaps are recovered from it ('none': live runs only)."),
+    listen: str = typer.Option("127.0.0.1:8080", "--listen", metavar="HOST:PORT", help="HOST:PORT to serve on; anything but loopback "
+                                                                  "needs --token-file or --basic-auth-file."),
+    token_file: Optional[str] = typer.Option(None, "--token-file", metavar="FILE", help="A file whose first line is the access "
+                                             "token (or ZMQ_EMITTER_WEB_TOKEN): open http://HOST:PORT/?token=TOKEN."),
+    basic_auth_file: Optional[str] = typer.Option(None, "--basic-auth-file", metavar="FILE", help="A file whose first line is "
+                                                  "USER:PASSWORD (or ZMQ_EMITTER_WEB_BASIC_AUTH): HTTP basic auth."),
+    max_runs: int = typer.Option(200, "--max-runs", metavar="N", min=1, help="Runs held (the oldest finished ones go first)."),
+    max_events: int = typer.Option(50_000, "--max-events", metavar="N", min=100, help="Events held per run (the oldest go first)."),
+    max_run_mib: int = typer.Option(256, "--max-run-mib", metavar="MIB", min=1, help="MiB of events held per run (the oldest go "
+                                                                         "first)."),
+    curve_server_key: Optional[str] = typer.Option(
+        None, "--curve-server-key", metavar="KEY", help="The broker's public key (.key file or z85 text): CURVE encryption."),
+    curve_secret_key_file: Optional[str] = typer.Option(
+        None, "--curve-secret-key-file", metavar="FILE", help="This subscriber's .key_secret file, for a broker that checks keys."),
+) -> None:
+    """Watch runs live in a browser.
+
+    See docs/web.md; needs the web extra of the package.
+    """
+    try:
+        from .consumers.web import server as web_module
+    except ImportError as exc:
+        _fail(f"web: {exc.name} is not installed: pip install 'ansible-runner-zmq[web]'")
+    endpoints = _split(connect)
+    for endpoint in endpoints:
+        problem = check_endpoint(endpoint, bind=False)
+        if problem:
+            _fail(f"--connect {endpoint!r}: {problem}", 2)
+    histories = None if [h.strip().lower() for h in history] == ["none"] else _history_endpoints(history)
+    try:
+        token = web_module.read_secret(token_file, os.environ.get(web_module.TOKEN_ENV), "--token-file",
+                                       web_module.TOKEN_ENV)
+        basic = web_module.basic_credentials(
+            web_module.read_secret(basic_auth_file, os.environ.get(web_module.BASIC_AUTH_ENV), "--basic-auth-file",
+                                   web_module.BASIC_AUTH_ENV),
+            f"--basic-auth-file {basic_auth_file!r}" if basic_auth_file else web_module.BASIC_AUTH_ENV)
+        security.ClientCurve.load(curve_server_key, curve_secret_key_file)  # a bad key: said now, not at connect
+        options = web_module.Options(tuple(endpoints), tuple(histories) if histories else None, listen, token, basic,
+                                     curve_server_key, curve_secret_key_file, max_runs, max_events,
+                                     max_run_mib << 20)
+        web_module.serve(options)
+    except web_module.WebError as exc:
+        _fail(f"web: {exc}", 2)
+    except security.SecurityError as exc:
+        _fail(f"web: --curve-server-key/--curve-secret-key-file: {exc}", 2)
+    except KeyboardInterrupt:
+        raise typer.Exit(130)
 
 
 @app.command(cls=_ManCommand)
