@@ -50,6 +50,7 @@ SOURCE = "zmq_emitter.eda.runner_events"  # the name rulebooks give it; in every
 KINDS = ("status", "event")
 # How often the loop wakes without a message: a gap reported by a history poll is queued then.
 WAKE_SECONDS = 1.0
+EMPTY_KEY = "(empty)"  # what an empty key in a payload becomes (_for_rules)
 # meta.uuid: the same message has the same uuid in every rulebook (a publisher id is random per process).
 _UUIDS = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/ansible/ansible-runner#zmq-emitter")
 
@@ -173,6 +174,24 @@ class Options:
         return matches(msg, self.kinds, self.runs, self.events, self.hosts)
 
 
+def _for_rules(value: Any, depth: int = 0) -> Any:
+    """``value`` with what stalls ansible-rulebook for good (no error, no further rule fires) taken out:
+    an empty key anywhere (its rules engine takes the event, then takes no other) becomes ``EMPTY_KEY``,
+    and containers nested deeper than ``protocol.MAX_DEPTH`` become ``"<too deep>"`` (900 levels
+    stall it before the rules see the event).  Found by test_eda_rulebook.py; docs/eda.md.
+
+    >>> _for_rules({"res": {"": 1, "env": [{"": 2}]}})
+    {'res': {'(empty)': 1, 'env': [{'(empty)': 2}]}}
+    """
+    if isinstance(value, (dict, list)) and depth >= protocol.MAX_DEPTH:
+        return "<too deep>"
+    if isinstance(value, dict):
+        return {key or EMPTY_KEY: _for_rules(item, depth + 1) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_for_rules(item, depth + 1) for item in value]
+    return value
+
+
 def to_event(msg: protocol.Message) -> dict:
     """The event a rule sees: the ansible-runner payload as published, plus ``meta``.
 
@@ -184,7 +203,7 @@ def to_event(msg: protocol.Message) -> dict:
     ('runner_on_failed', 'web2', 7, False)
     """
     # JSON decodes to plain data already; msgpack may carry bytes or non-string keys, which rules cannot use.
-    payload = msg.payload if msg.codec == "json" else protocol.to_plain(msg.payload)
+    payload = _for_rules(msg.payload if msg.codec == "json" else protocol.to_plain(msg.payload))
     event = dict(payload) if isinstance(payload, dict) else {"payload": payload}
     meta = {"kind": msg.kind, "ident": msg.ident, "name": msg.name, "topic": msg.topic.decode("utf-8", "replace"),
             "publisher": msg.publisher, "seq": msg.seq, "replayed": msg.from_history,
