@@ -37,10 +37,8 @@ import logging
 import uuid
 from typing import Any
 
-import zmq
-
 from ... import protocol, security
-from ..._text import split_commas
+from ..._text import check_endpoint, split_commas
 from ..core import Gap, host_of, matches
 from ..subscriber import DEFAULT_ENDPOINT, AsyncSubscriber, subscriptions
 
@@ -81,16 +79,10 @@ def _flag(argument: str, value: Any, default: bool) -> bool:
 
 
 def _endpoint(argument: str, value: str) -> str:
-    """``value`` if libzmq accepts it as an endpoint to connect to (it judges; a scratch socket asks it)."""
-    context = zmq.Context.instance()
-    sock = context.socket(zmq.SUB)
-    try:
-        sock.connect(value)
-    except zmq.ZMQError as exc:
-        raise _problem(argument, value, f"ZeroMQ refuses it ({exc}); expected tcp://HOST:PORT or ipc://PATH") \
-            from None
-    finally:
-        sock.close(linger=0)
+    """``value`` if it is a tcp:// or ipc:// endpoint to connect to (the runner's settings check it alike)."""
+    problem = check_endpoint(value, bind=False)
+    if problem:
+        raise _problem(argument, value, f"{problem}; expected tcp://HOST:PORT or ipc://PATH")
     return value
 
 
