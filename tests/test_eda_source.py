@@ -74,7 +74,10 @@ async def take(queue: asyncio.Queue, count: int, timeout: float = 10.0) -> list[
     ({"history": "broker:5559"}, ["'history'", "'broker:5559'"]),
     ({"history_timeout": 0}, ["'history_timeout'", "more than 0"]),
     ({"curve_secret_key_file": "/etc/eda.key_secret"}, ["'curve_secret_key_file'", "curve_server_key"]),
-    ({"curve_server_key": "/nonexistent/broker.key"}, ["CURVE", "/nonexistent/broker.key"]),
+    ({"curve_server_key": "/nonexistent/broker.key"}, ["'curve_server_key'", "/nonexistent/broker.key", ".key file"]),
+    ({"curve_server_key": "x" * 39}, ["'curve_server_key'", "40 z85 characters"]),
+    ({"curve_server_key": "Kq/9xKGfIFM&ER%+{*5R-p)IfJt%[Ydl0-mXwgbi", "curve_secret_key_file": "/nonexistent/eda.key_secret"},
+     ["'curve_secret_key_file'", "/nonexistent/eda.key_secret", ".key_secret file"]),
 ])
 def test_an_argument_it_cannot_use_ends_main_at_once_with_a_message_naming_it(args, names):
     with pytest.raises(ValueError) as raised:

@@ -141,10 +141,15 @@ class Options:
         if curve["curve_secret_key_file"] and not curve["curve_server_key"]:
             raise _problem("curve_secret_key_file", curve["curve_secret_key_file"],
                            "a key pair is used only with 'curve_server_key', the broker's public key")
-        try:  # a key that cannot be loaded is a mistake of the rulebook's: say so now, not at the first message
-            security.ClientCurve.load(curve["curve_server_key"], curve["curve_secret_key_file"])
-        except security.SecurityError as exc:
-            raise ValueError(f"{SOURCE}: CURVE: {exc}") from None
+        # A key that cannot be loaded is a mistake of the rulebook's: say so now, naming the argument.
+        for name, load, accepted in (
+                ("curve_server_key", security.load_public_key, "expected the broker's .key file or 40 z85 characters"),
+                ("curve_secret_key_file", security.load_key_pair, "expected a .key_secret file (zmq-emitter keygen)")):
+            try:
+                if curve[name]:
+                    load(curve[name])
+            except security.SecurityError as exc:
+                raise _problem(name, curve[name], f"{exc}; {accepted}") from None
         return cls(endpoints=endpoints, kinds=kinds, runs=_texts("runs", args.get("runs")),
                    events=_texts("events", args.get("events")), hosts=_texts("hosts", args.get("hosts")),
                    history=history, history_timeout=float(timeout), replay=replay,
