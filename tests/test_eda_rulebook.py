@@ -8,6 +8,7 @@ behaviour on what the rules did.
 """
 from __future__ import annotations
 
+import itertools
 import shutil
 import subprocess
 import threading
@@ -226,3 +227,43 @@ def test_a_mistake_in_the_sources_arguments_ends_the_rulebook_with_a_message_nam
                           env=runner_env(), cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode != 0
     assert "unknown argument(s) 'endpoint'; accepted: endpoints" in done.stdout + done.stderr
+
+
+ODD_RULEBOOK = """
+- name: odd
+  hosts: all
+  sources:
+    - runner_events:
+        endpoints: {backend}
+  rules:
+    - name: each event
+      condition: event.event == "runner_on_ok"
+      action:
+        debug:
+          msg: "ODD {{{{ event.n }}}}"
+"""
+
+
+def test_payloads_that_would_stall_ansible_rulebook_reach_the_rules_and_the_rules_go_on(tmp_path, broker_process):
+    """An empty key anywhere in a payload, or nesting 900 levels deep: ansible-rulebook takes such an event
+    and then fires no rule ever again, with no error (seen with ansible-rulebook 1.3.2).  The source hands
+    them on made safe (docs/eda.md, "What a rule sees"), and the events after them still fire rules."""
+    (tmp_path / "rulebook.yml").write_text(ODD_RULEBOOK.format(backend=broker_process.backend))
+    (tmp_path / "hosts").write_text("localhost ansible_connection=local\n")
+    deep: object = "bottom"
+    for _ in range(900):
+        deep = {"d": deep}
+    rulebook = Rulebook(["-r", "rulebook.yml", "-i", "hosts", "-S", str(eda.SOURCES)], runner_env(), tmp_path)
+    try:
+        with RawPublisher(broker_process.frontend) as publisher:
+            probes = itertools.count(1)
+            wait_until(lambda: publisher.send("odd", "runner_on_ok", {"event": "runner_on_ok", "n": "probe"},
+                                              pub=publisher.probe_pub, seq=next(probes))
+                       and rulebook.count("ODD probe"),
+                       60, 0.2, "a probe through the rulebook")
+            publisher.send("odd", "runner_on_ok", {"event": "runner_on_ok", "n": 1, "event_data": {"res": {"": 1}}})
+            publisher.send("odd", "runner_on_ok", {"event": "runner_on_ok", "n": 2, "event_data": deep})
+            publisher.send("odd", "runner_on_ok", {"event": "runner_on_ok", "n": 3})
+            rulebook.wait("ODD 1", "ODD 2", "ODD 3", timeout=30)
+    finally:
+        rulebook.stop()

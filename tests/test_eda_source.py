@@ -62,13 +62,22 @@ async def take(queue: asyncio.Queue, count: int, timeout: float = 10.0) -> list[
     ({"endpoints": "http://broker:5558"}, ["'endpoints'", "'http://broker:5558'", "tcp://HOST:PORT"]),
     ({"endpoints": []}, ["'endpoints'", "at least one"]),
     ({"endpoints": [5558]}, ["'endpoints'", "list of strings"]),
+    ({"endpoints": {"tcp": "broker:5558"}}, ["'endpoints'", "list of strings"]),
+    ({"endpoints": "tcp://broker:99999"}, ["'endpoints'", "between 1 and 65535"]),
+    ({"endpoints": "inproc://backend"}, ["'endpoints'", "tcp:// or ipc://"]),
+    ({"endpoints": "tcp://broker:5558\x00"}, ["'endpoints'", "control character"]),
+    ({"runs": 7}, ["'runs'", "list of strings"]),
+    ({"history_timeout": float("nan")}, ["'history_timeout'", "more than 0"]),
     ({"kinds": ["status", "events"]}, ["'kinds'", "some of status, event"]),
     ({"replay": True}, ["'replay'", "needs 'history'"]),
     ({"replay": "sometimes", "history": "tcp://127.0.0.1:1"}, ["'replay'", "true or false"]),
     ({"history": "broker:5559"}, ["'history'", "'broker:5559'"]),
     ({"history_timeout": 0}, ["'history_timeout'", "more than 0"]),
     ({"curve_secret_key_file": "/etc/eda.key_secret"}, ["'curve_secret_key_file'", "curve_server_key"]),
-    ({"curve_server_key": "/nonexistent/broker.key"}, ["CURVE", "/nonexistent/broker.key"]),
+    ({"curve_server_key": "/nonexistent/broker.key"}, ["'curve_server_key'", "/nonexistent/broker.key", ".key file"]),
+    ({"curve_server_key": "x" * 39}, ["'curve_server_key'", "40 z85 characters"]),
+    ({"curve_server_key": "Kq/9xKGfIFM&ER%+{*5R-p)IfJt%[Ydl0-mXwgbi", "curve_secret_key_file": "/nonexistent/eda.key_secret"},
+     ["'curve_secret_key_file'", "/nonexistent/eda.key_secret", ".key_secret file"]),
 ])
 def test_an_argument_it_cannot_use_ends_main_at_once_with_a_message_naming_it(args, names):
     with pytest.raises(ValueError) as raised:

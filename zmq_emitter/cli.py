@@ -23,12 +23,11 @@ from typer.core import TyperCommand
 import zmq
 
 from . import __version__, security
-from ._text import split_commas
+from ._text import check_endpoint, split_commas
 from .broker import broker as broker_module, metrics as metrics_module
 from .broker.jetstream import JetStreamSettings
 from .consumers import tail as tail_module
 from .consumers.subscriber import DEFAULT_ENDPOINT, Subscriber
-from .runner.config import check_endpoint
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="ZeroMQ event bus for ansible-runner: broker, tail, web and demo.")

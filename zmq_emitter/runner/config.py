@@ -18,7 +18,7 @@ import re
 from typing import Any, Callable, Mapping
 
 from .. import protocol, security
-from .._text import split_commas
+from .._text import check_endpoint, split_commas
 
 DEFAULT_FRONTEND = "tcp://127.0.0.1:5557"  # where `zmq-emitter broker` listens for runners
 DEFAULT_MAX_MESSAGE_SIZE = 16 * 2**20      # `zmq-emitter broker --max-message-size` by default
@@ -28,25 +28,6 @@ DEFAULT_SPOOL = "$XDG_STATE_HOME/zmq-emitter/spool"  # ~/.local/state/zmq-emitte
 
 class ConfigError(ValueError):
     """A setting has a value the plugin cannot use; the message names it and what is accepted."""
-
-
-_TCP = re.compile(r"^tcp://(\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):([0-9]{1,5})$")
-_TCP_BIND = re.compile(r"^tcp://(\[[0-9A-Fa-f:.]+\]|\*|[^\s:/\[\]]+):([0-9]{1,5}|\*)$")
-
-
-def check_endpoint(endpoint: str, *, bind: bool) -> str | None:
-    """None if ``endpoint`` is a usable tcp:// or ipc:// endpoint, else why it is not."""
-    if endpoint.startswith("ipc://"):
-        return None if len(endpoint) > len("ipc://") else "an ipc:// endpoint needs a path"
-    if endpoint.startswith("tcp://"):
-        match = (_TCP_BIND if bind else _TCP).match(endpoint)
-        if not match:
-            return "a tcp:// endpoint is tcp://HOST:PORT" + (" (HOST and PORT may be *)" if bind else "")
-        port = match.group(2)
-        if port != "*" and not 0 < int(port) < 65536:
-            return "the port must be between 1 and 65535"
-        return None
-    return "the endpoint must start with tcp:// or ipc://"
 
 
 def _endpoints(bind: bool) -> Callable[[Any], tuple[str, ...]]:

@@ -37,10 +37,8 @@ import logging
 import uuid
 from typing import Any
 
-import zmq
-
 from ... import protocol, security
-from ..._text import split_commas
+from ..._text import check_endpoint, split_commas
 from ..core import Gap, host_of, matches
 from ..subscriber import DEFAULT_ENDPOINT, AsyncSubscriber, subscriptions
 
@@ -50,6 +48,7 @@ SOURCE = "zmq_emitter.eda.runner_events"  # the name rulebooks give it; in every
 KINDS = ("status", "event")
 # How often the loop wakes without a message: a gap reported by a history poll is queued then.
 WAKE_SECONDS = 1.0
+EMPTY_KEY = "(empty)"  # what an empty key in a payload becomes (_for_rules)
 # meta.uuid: the same message has the same uuid in every rulebook (a publisher id is random per process).
 _UUIDS = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/ansible/ansible-runner#zmq-emitter")
 
@@ -80,16 +79,10 @@ def _flag(argument: str, value: Any, default: bool) -> bool:
 
 
 def _endpoint(argument: str, value: str) -> str:
-    """``value`` if libzmq accepts it as an endpoint to connect to (it judges; a scratch socket asks it)."""
-    context = zmq.Context.instance()
-    sock = context.socket(zmq.SUB)
-    try:
-        sock.connect(value)
-    except zmq.ZMQError as exc:
-        raise _problem(argument, value, f"ZeroMQ refuses it ({exc}); expected tcp://HOST:PORT or ipc://PATH") \
-            from None
-    finally:
-        sock.close(linger=0)
+    """``value`` if it is a tcp:// or ipc:// endpoint to connect to (the runner's settings check it alike)."""
+    problem = check_endpoint(value, bind=False)
+    if problem:
+        raise _problem(argument, value, f"{problem}; expected tcp://HOST:PORT or ipc://PATH")
     return value
 
 
@@ -148,10 +141,15 @@ class Options:
         if curve["curve_secret_key_file"] and not curve["curve_server_key"]:
             raise _problem("curve_secret_key_file", curve["curve_secret_key_file"],
                            "a key pair is used only with 'curve_server_key', the broker's public key")
-        try:  # a key that cannot be loaded is a mistake of the rulebook's: say so now, not at the first message
-            security.ClientCurve.load(curve["curve_server_key"], curve["curve_secret_key_file"])
-        except security.SecurityError as exc:
-            raise ValueError(f"{SOURCE}: CURVE: {exc}") from None
+        # A key that cannot be loaded is a mistake of the rulebook's: say so now, naming the argument.
+        for name, load, accepted in (
+                ("curve_server_key", security.load_public_key, "expected the broker's .key file or 40 z85 characters"),
+                ("curve_secret_key_file", security.load_key_pair, "expected a .key_secret file (zmq-emitter keygen)")):
+            try:
+                if curve[name]:
+                    load(curve[name])
+            except security.SecurityError as exc:
+                raise _problem(name, curve[name], f"{exc}; {accepted}") from None
         return cls(endpoints=endpoints, kinds=kinds, runs=_texts("runs", args.get("runs")),
                    events=_texts("events", args.get("events")), hosts=_texts("hosts", args.get("hosts")),
                    history=history, history_timeout=float(timeout), replay=replay,
@@ -173,6 +171,24 @@ class Options:
         return matches(msg, self.kinds, self.runs, self.events, self.hosts)
 
 
+def _for_rules(value: Any, depth: int = 0) -> Any:
+    """``value`` with what stalls ansible-rulebook for good (no error, no further rule fires) taken out:
+    an empty key anywhere (its rules engine takes the event, then takes no other) becomes ``EMPTY_KEY``,
+    and containers nested deeper than ``protocol.MAX_DEPTH`` become ``"<too deep>"`` (900 levels
+    stall it before the rules see the event).  Found by test_eda_rulebook.py; docs/eda.md.
+
+    >>> _for_rules({"res": {"": 1, "env": [{"": 2}]}})
+    {'res': {'(empty)': 1, 'env': [{'(empty)': 2}]}}
+    """
+    if isinstance(value, (dict, list)) and depth >= protocol.MAX_DEPTH:
+        return "<too deep>"
+    if isinstance(value, dict):
+        return {key or EMPTY_KEY: _for_rules(item, depth + 1) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_for_rules(item, depth + 1) for item in value]
+    return value
+
+
 def to_event(msg: protocol.Message) -> dict:
     """The event a rule sees: the ansible-runner payload as published, plus ``meta``.
 
@@ -184,7 +200,7 @@ def to_event(msg: protocol.Message) -> dict:
     ('runner_on_failed', 'web2', 7, False)
     """
     # JSON decodes to plain data already; msgpack may carry bytes or non-string keys, which rules cannot use.
-    payload = msg.payload if msg.codec == "json" else protocol.to_plain(msg.payload)
+    payload = _for_rules(msg.payload if msg.codec == "json" else protocol.to_plain(msg.payload))
     event = dict(payload) if isinstance(payload, dict) else {"payload": payload}
     meta = {"kind": msg.kind, "ident": msg.ident, "name": msg.name, "topic": msg.topic.decode("utf-8", "replace"),
             "publisher": msg.publisher, "seq": msg.seq, "replayed": msg.from_history,
