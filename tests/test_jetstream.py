@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
-import signal
-import socket
 import subprocess
+import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -20,77 +18,21 @@ from pathlib import Path
 import pytest
 
 
-from conftest import BIN, BrokerProcess, FINAL_STATUSES, job_events, run_cli, runner_env, wait_run_recorded, wait_until
+from conftest import (BIN, BrokerProcess, FINAL_STATUSES, RawPublisher, job_events, run_cli, runner_env,
+                      wait_run_recorded, wait_until)
+from test_metrics import scrape
 from zmq_emitter import protocol
 from zmq_emitter.broker.jetstream import frames_of
 from zmq_emitter.consumers.subscriber import Subscriber
 
-NATS_SERVER = shutil.which("nats-server")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.nats_cluster import NATS_SERVER, NatsCluster  # noqa: E402 (shared with benchmarks/stores.py)
+
 nats = pytest.importorskip("nats", reason="nats-py not installed: pip install '.[jetstream]' (dev.py does)")
 import nats.js.errors  # noqa: E402 (after the skip: nats-py may be missing)
 pytestmark = pytest.mark.skipif(NATS_SERVER is None, reason="nats-server not installed (apt-get install "
                                                             "nats-server; `python3 dev.py test` does it as root)")
 STREAM = "ZMQ_EMITTER"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class NatsCluster:
-    """Three nats-server processes with JetStream, clustered on loopback; ``kill``/``start`` one or all."""
-
-    def __init__(self, root: Path, size: int = 3):
-        self.root = root
-        self.ports = [free_port() for _ in range(size)]
-        self.cluster_ports = [free_port() for _ in range(size)]
-        self.procs: list[subprocess.Popen | None] = [None] * size
-        for i in range(size):
-            self.start(i)
-
-    @property
-    def urls(self) -> str:
-        return ",".join(f"nats://127.0.0.1:{port}" for port in self.ports)
-
-    def start(self, i: int) -> None:
-        routes = ",".join(f"nats://127.0.0.1:{p}" for j, p in enumerate(self.cluster_ports) if j != i)
-        store = self.root / f"node{i}"
-        store.mkdir(parents=True, exist_ok=True)
-        log = open(self.root / f"node{i}.log", "a")
-        self.procs[i] = subprocess.Popen(
-            [NATS_SERVER, "-a", "127.0.0.1", "-p", str(self.ports[i]), "-n", f"node{i}", "-js", "-sd", str(store),
-             "--cluster_name", "zmq-emitter-test", "--cluster", f"nats://127.0.0.1:{self.cluster_ports[i]}",
-             "--routes", routes], stdout=log, stderr=log)
-        log.close()
-
-    def kill(self, i: int) -> None:
-        proc = self.procs[i]
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-        self.procs[i] = None
-
-    def stop(self) -> None:
-        for i in range(len(self.procs)):
-            self.kill(i)
-
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        """Until JetStream answers (a meta leader is elected)."""
-        async def ready() -> bool:
-            try:
-                nc = await nats.connect(self.urls.split(","), connect_timeout=1, allow_reconnect=False)
-            except Exception:
-                return False
-            try:
-                await nc.jetstream().account_info()
-                return True
-            except Exception:
-                return False
-            finally:
-                await nc.close()
-        wait_until(lambda: asyncio.run(ready()), timeout, 0.2, "JetStream cluster ready")
 
 
 def stored_messages(urls: str) -> list[tuple[str, list[bytes]]]:
@@ -250,3 +192,31 @@ def test_tail_replay_after_a_broker_restart_with_empty_memory_is_served_from_jet
     lines = [json.loads(line) for line in tail.stdout.splitlines()]
     assert [line["status"] for line in lines if "event" not in line] == ["starting", "running", "failed"]
     assert [line for line in lines if "event" in line] == job_events(project, ident)
+
+
+def test_the_store_metrics_follow_nats_going_down_and_coming_back(tmp_path, cluster):
+    """jetstream_up 1 -> 0 -> 1; the backlog grows by what came while NATS was down, then drains into the stream."""
+    from test_metrics import metrics_broker, wait_metrics
+
+    broker, url = metrics_broker(tmp_path, "--jetstream", cluster.urls)
+    label = f'{{stream="{STREAM}"}}'
+    try:
+        with RawPublisher(broker.frontend) as pub:
+            first = pub.frames("js-metrics", "first", {"n": 1})
+            wait_until(lambda: pub.send_frames(first) or
+                       scrape(url).get("zmq_emitter_broker_history_messages_recorded_total") == 1, 30, 0.1,
+                       "the first message recorded")
+            wait_metrics(url, {f"jetstream_up{label}": 1, f"jetstream_backlog_messages{label}": 0,
+                               f"jetstream_messages_stored_total{label}": 1})
+            cluster.stop()
+            wait_metrics(url, {f"jetstream_up{label}": 0})
+            for n in range(20):
+                pub.send("js-metrics", "while-down", {"n": n})
+            wait_metrics(url, {f"jetstream_backlog_messages{label}": 20, f"jetstream_messages_stored_total{label}": 1})
+            for i in range(3):
+                cluster.start(i)
+            wait_metrics(url, {f"jetstream_up{label}": 1, f"jetstream_backlog_messages{label}": 0,
+                               f"jetstream_messages_stored_total{label}": 21, f"jetstream_messages_lost_total{label}": 0},
+                         timeout=60)
+    finally:
+        broker.stop()

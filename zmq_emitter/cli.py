@@ -99,6 +99,9 @@ def broker(
                                              "JetStream and acknowledge only what it stored (docs/operations.md). "
                                              "Credentials: ZMQ_EMITTER_NATS_USER/_PASSWORD/_TOKEN or the files below."),
     jetstream_stream: str = typer.Option("ZMQ_EMITTER", "--jetstream-stream", help="The JetStream stream's name."),
+    jetstream_prefix: str = typer.Option("zmq-emitter", "--jetstream-prefix",
+                                         help="The stream's subjects: PREFIX.<ident>.<kind>.<name>.<pub> (streams of "
+                                              "one NATS account may not share subjects: one prefix per stream)."),
     jetstream_replicas: int = typer.Option(1, "--jetstream-replicas", min=1, max=5,
                                            help="Copies of each message in the cluster (3: acknowledged means on a "
                                                 "quorum of machines)."),
@@ -135,7 +138,7 @@ def broker(
         try:
             jetstream_settings = JetStreamSettings.from_sources(
                 _split(jetstream), password_file=jetstream_password_file, token_file=jetstream_token_file,
-                stream=jetstream_stream, replicas=jetstream_replicas, max_age=jetstream_max_age,
+                stream=jetstream_stream, prefix=jetstream_prefix, replicas=jetstream_replicas, max_age=jetstream_max_age,
                 max_bytes=jetstream_max_bytes, duplicate_window=jetstream_duplicate_window,
                 creds_file=jetstream_creds, tls_ca=jetstream_tls_ca)
         except ValueError as exc:

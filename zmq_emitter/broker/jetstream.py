@@ -148,6 +148,10 @@ class JetStreamSettings:
         stream = settings.get("stream", DEFAULT_STREAM)
         if not re.fullmatch(r"[A-Za-z0-9_-]{1,255}", stream or ""):
             raise ValueError(f"--jetstream-stream {stream!r}: letters, digits, - and _ only")
+        prefix = settings.get("prefix", DEFAULT_PREFIX)
+        if not re.fullmatch(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*", prefix or "") or len(prefix) > 100:
+            raise ValueError(f"--jetstream-prefix {prefix!r}: NATS subject tokens of letters, digits, - and _, "
+                             "separated by dots (e.g. zmq-emitter or site1.zmq-emitter), 100 characters at most")
         for option, path in (("--jetstream-password-file", password_file), ("--jetstream-token-file", token_file),
                              ("--jetstream-creds", settings.get("creds_file")),
                              ("--jetstream-tls-ca", settings.get("tls_ca"))):
@@ -211,6 +215,7 @@ class StoreLink:
         self.inflight = 0
         self.retry_at = 0.0
         self.handed_over = self.failed = self.lost = 0
+        self.confirmed = 0   # messages JetStream acknowledged storing (or answered ``duplicate``: it had them)
 
     def holds(self, pub: str, first: int, upto: int) -> None:
         if pub not in self._held:
@@ -256,6 +261,7 @@ class StoreLink:
             self._next[pub] = min(self._next[pub], stored + 1)  # from the first not stored, in order
             self.retry_at = now + RETRY_AFTER
             return False
+        self.confirmed += 1
         if seq != stored + 1:
             if seq > stored:
                 self._above[pub].add(seq)
@@ -287,6 +293,20 @@ class StoreLink:
 
     def publishers(self) -> list[str]:
         return list(self._held)
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreStats:
+    """The state of the store (``Broker.store_stats()``, the ``zmq_emitter_broker_jetstream_*`` metrics)."""
+
+    stream: str
+    connected: bool     # to NATS, with the stream in place
+    backlog: int        # messages the memory history holds that JetStream has not stored yet
+    inflight: int       # of those, handed to the NATS client and not answered yet
+    handed_over: int    # publishes sent (again after a failure too)
+    stored: int         # publishes JetStream acknowledged storing
+    failed: int         # publishes that failed (timed out, NATS down, refused): sent again
+    lost: int           # forgotten by the memory history before JetStream stored them
 
 
 def _subtract(missing: list[list], found: set[tuple[str, int]]) -> list[list]:
@@ -345,6 +365,7 @@ class JetStreamStore:
         self._asked: list[_Merge] = []  # history requests waiting on the stream
         self._next_sweep = 0.0
         self._main: asyncio.Future | None = None
+        self._stats = StoreStats(settings.stream, False, 0, 0, 0, 0, 0, 0)
 
     # -- lifecycle (any thread) ---------------------------------------------------------------
 
@@ -621,6 +642,16 @@ class JetStreamStore:
     def backlog(self) -> int:
         """Messages the memory history holds that JetStream has not stored yet."""
         return sum(max(0, upto - self.link.stored.get(pub, upto)) for pub, (_, upto) in self.link._held.items())
+
+    def snapshot(self) -> None:
+        """Take the state for ``stats()``; called by the history thread (the only one touching ``link``)."""
+        link = self.link
+        self._stats = StoreStats(self.settings.stream, self.connected, self.backlog(), link.inflight,
+                                 link.handed_over, link.confirmed, link.failed, link.lost)
+
+    def stats(self) -> StoreStats:
+        """The state as of the history thread's last snapshot; safe from any thread."""
+        return self._stats
 
 
 @dataclasses.dataclass
