@@ -220,3 +220,206 @@ def test_the_store_metrics_follow_nats_going_down_and_coming_back(tmp_path, clus
                          timeout=60)
     finally:
         broker.stop()
+
+
+# -- a hostile pass: careless operators, hostile publishers, servers that hang --------------------------------
+
+
+def store_metric(url: str, name: str) -> float | None:
+    return scrape(url).get(f'zmq_emitter_broker_jetstream_{name}{{stream="{STREAM}"}}')
+
+
+def send_recorded(url: str, pub: RawPublisher, frames: list[bytes], recorded: int) -> None:
+    """Send ``frames`` (again, until the connection is up) until the history has recorded ``recorded`` messages."""
+    wait_until(lambda: pub.send_frames(frames) or
+               scrape(url).get("zmq_emitter_broker_history_messages_recorded_total") == recorded, 30, 0.1,
+               f"{recorded} messages recorded")
+
+
+def test_a_message_over_nats_max_payload_is_counted_and_passed_over_so_later_ones_are_stored_and_acknowledged(
+        tmp_path, cluster):
+    from test_metrics import metrics_broker
+
+    broker, url = metrics_broker(tmp_path, "--jetstream", cluster.urls, "--max-message-size", str(4 * 2**20))
+    try:
+        with RawPublisher(broker.frontend) as pub:
+            send_recorded(url, pub, pub.frames("js-big", "small", {"n": 1}), 1)
+            pub.send("js-big", "huge", {"stdout": "x" * (2 * 2**20)})  # over NATS's 1 MiB max_payload
+            pub.send("js-big", "small", {"n": 3})
+            wait_until(lambda: store_metric(url, "messages_too_large_total") == 1
+                       and store_metric(url, "backlog_messages") == 0, 30, 0.1, "seq 2 passed over, 3 stored")
+        assert [msg_id for msg_id, _ in stored_messages(cluster.urls)] == [f"{pub.pub_id}:1", f"{pub.pub_id}:3"]
+        assert f"publisher {pub.pub_id} seq 2:" in broker.stderr() and "max_payload" in broker.stderr()
+    finally:
+        broker.stop()
+
+
+def test_with_jetstream_the_broker_announces_a_max_message_size_that_fits_nats_so_runners_cut_larger_events(
+        tmp_path, cluster):
+    import zmq
+
+    broker = BrokerProcess(f"ipc://{tmp_path}/f", f"ipc://{tmp_path}/b", "--startup-grace", "0",
+                           "--jetstream", cluster.urls)
+    context = zmq.Context()
+    runner = context.socket(zmq.XPUB)  # a runner's socket: the broker's presence arrives as a subscription
+    try:
+        runner.connect(broker.frontend)
+        presence = None
+        while presence is None:  # the broker's data subscription may come first
+            assert runner.poll(10_000), "no presence from the broker"
+            presence = protocol.parse_presence(runner.recv()[1:])
+        assert presence.max_message_size == 2**20 - 64 * 1024
+    finally:
+        runner.close(0)
+        context.term()
+        broker.stop()
+
+
+IDENTS = ["js.dots.in.it", "js *>", "js with spaces", "js-ünïcødé-✓", "js-" + "long" * 1500, "é" * 2000]
+
+
+def test_idents_with_dots_wildcards_spaces_unicode_or_thousands_of_characters_are_stored_listed_and_replayed(
+        tmp_path, cluster):
+    from test_metrics import metrics_broker
+
+    broker, url = metrics_broker(tmp_path, "--jetstream", cluster.urls)
+    try:
+        with RawPublisher(broker.frontend) as pub:
+            frames = [pub.frames(ident, name, {"ident": ident}, kind=kind)
+                      for ident in IDENTS for kind, name in (("status", "starting"), ("event", "x.y *"),
+                                                             ("status", "successful"))]
+            send_recorded(url, pub, frames[0], 1)
+            for f in frames[1:]:
+                pub.send_frames(f)
+            wait_until(lambda: store_metric(url, "messages_stored_total") == len(frames), 30, 0.2, "all stored")
+        assert [msg_id for msg_id, _ in stored_messages(cluster.urls)] == \
+            [f"{pub.pub_id}:{seq}" for seq in range(1, len(frames) + 1)]
+        broker.kill()
+        broker.start()  # an empty memory: runs and replays come from the stream
+        wait_until(lambda: broker.stderr().count("storing in stream") == 2, 30, 0.1, "restarted broker on NATS")
+        with Subscriber([], history=broker.history, history_timeout=30) as asker:
+            runs = {run["ident"]: run for run in asker.runs()}
+            for ident in IDENTS:
+                assert runs[ident]["status"] == "successful", ident[:40]
+                info, messages = asker.request("replay", ident=ident)
+                assert [protocol.envelope(m).ident for m in messages] == [ident] * 3, ident[:40]
+    finally:
+        broker.stop()
+
+
+def test_a_stream_of_that_name_with_other_subjects_is_left_as_it_is_and_the_log_says_what_to_fix(tmp_path, cluster):
+    async def make_foreign_stream() -> None:
+        from nats.js import api
+        nc = await nats.connect(cluster.urls.split(","))
+        try:
+            await nc.jsm().add_stream(api.StreamConfig(name=STREAM, subjects=["orders.>"]))
+        finally:
+            await nc.close()
+
+    asyncio.run(make_foreign_stream())
+    assert asyncio.run(nats_stream_subjects(cluster.urls)) == ["orders.>"]
+    broker = BrokerProcess(f"ipc://{tmp_path}/f", f"ipc://{tmp_path}/b", "--startup-grace", "0",
+                           "--jetstream", cluster.urls)
+    try:
+        wait_until(lambda: "exists with subjects" in broker.stderr(), 30, 0.1, "the broker says the stream is taken")
+        assert "--jetstream-stream" in broker.stderr() and "--jetstream-prefix" in broker.stderr()
+        assert "storing in stream" not in broker.stderr()
+    finally:
+        broker.stop()
+    assert asyncio.run(nats_stream_subjects(cluster.urls)) == ["orders.>"]  # not taken over
+
+
+async def nats_stream_subjects(urls: str) -> list[str]:
+    nc = await nats.connect(urls.split(","))
+    try:
+        return (await nc.jsm().stream_info(STREAM)).config.subjects
+    finally:
+        await nc.close()
+
+
+def test_wrong_nats_credentials_are_said_in_one_line_naming_the_settings_and_a_right_token_file_works(tmp_path):
+    with NatsCluster(tmp_path / "auth", size=1, extra=("--auth", "s3cret")) as node:
+        node.wait_ready(token="s3cret")
+        wrong, right = tmp_path / "wrong", tmp_path / "right"
+        wrong.write_text("guess\n")
+        right.write_text("s3cret\n")
+        broker = BrokerProcess(f"ipc://{tmp_path}/f", f"ipc://{tmp_path}/b", "--startup-grace", "0",
+                               "--jetstream", node.urls, "--jetstream-token-file", str(wrong))
+        try:
+            wait_until(lambda: "refused the credentials" in broker.stderr(), 30, 0.1, "the refusal said")
+            assert "--jetstream-token-file" in broker.stderr() and "guess" not in broker.stderr()
+            time.sleep(2)  # it goes on trying: still one line
+            assert broker.stderr().count("refused the credentials") == 1, broker.stderr()
+        finally:
+            broker.stop()
+        broker = BrokerProcess(f"ipc://{tmp_path}/f2", f"ipc://{tmp_path}/b2", "--startup-grace", "0",
+                               "--jetstream", node.urls, "--jetstream-token-file", str(right))
+        try:
+            wait_until(lambda: "storing in stream" in broker.stderr(), 30, 0.1, "stored with the right token")
+        finally:
+            broker.stop()
+
+
+@pytest.mark.parametrize("problem", ["a directory", "empty", "not utf-8"])
+def test_an_unusable_credentials_file_is_refused_at_start_naming_the_option(tmp_path, problem):
+    path = {"a directory": tmp_path, "empty": tmp_path / "empty", "not utf-8": tmp_path / "bin"}[problem]
+    if problem == "empty":
+        path.write_text("")
+    elif problem == "not utf-8":
+        path.write_bytes(b"\xff\xfe\x00")
+    result = subprocess.run([str(BIN / "zmq-emitter"), "broker", "--frontend", f"ipc://{tmp_path}/f", "--backend",
+                             f"ipc://{tmp_path}/b", "--jetstream", "nats://127.0.0.1:4222",
+                             "--jetstream-token-file", str(path)], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "--jetstream-token-file" in result.stderr and str(path) in result.stderr
+
+
+def test_a_nats_server_that_hangs_is_left_for_another_and_acknowledgements_go_on(tmp_path, cluster):
+    from test_metrics import metrics_broker
+
+    broker, url = metrics_broker(tmp_path, "--jetstream", cluster.urls, "--jetstream-replicas", "3")
+    try:
+        with RawPublisher(broker.frontend) as pub:
+            send_recorded(url, pub, pub.frames("js-hang", "first", {}), 1)
+            wait_until(lambda: store_metric(url, "messages_stored_total") == 1, 30, 0.1, "the first stored")
+            port = int(broker.stderr().split("storing in stream ZMQ_EMITTER at 127.0.0.1:")[1].split(";")[0])
+            hung = cluster.ports.index(port)
+            cluster.pause(hung)  # SIGSTOP: its TCP connections stay open, it answers nothing
+            try:
+                for n in range(10):
+                    pub.send("js-hang", "while-hung", {"n": n})
+                wait_until(lambda: store_metric(url, "messages_stored_total") == 11
+                           and store_metric(url, "backlog_messages") == 0, 60, 0.2,
+                           "stored through the other nodes")
+            finally:
+                cluster.pause(hung, False)
+    finally:
+        broker.stop()
+
+
+def test_nats_unreachable_when_the_broker_starts_is_said_once_and_storing_begins_when_it_comes(tmp_path):
+    from test_metrics import metrics_broker
+
+    node = NatsCluster(tmp_path / "late", size=1)
+    node.stop()  # down before the broker starts
+    broker, url = metrics_broker(tmp_path, "--jetstream", node.urls)
+    try:
+        with RawPublisher(broker.frontend) as pub:
+            send_recorded(url, pub, pub.frames("js-late", "first", {}), 1)  # forwarding and the history go on
+            wait_until(lambda: "NATS unreachable" in broker.stderr(), 30, 0.1, "NATS unreachable said")
+            wait_until(lambda: store_metric(url, "backlog_messages") == 1, 10, 0.1, "waiting for the store")
+            node.start(0)
+            wait_until(lambda: store_metric(url, "messages_stored_total") == 1, 60, 0.2, "stored once NATS came")
+        assert broker.stderr().count("NATS unreachable") == 1, broker.stderr()
+    finally:
+        broker.stop()
+        node.stop()
+
+
+@pytest.mark.parametrize("prefix", ["", "a..b", "a.*", "a b", "x" * 101])
+def test_a_bad_jetstream_prefix_is_refused_at_start_naming_the_option(tmp_path, prefix):
+    result = subprocess.run([str(BIN / "zmq-emitter"), "broker", "--frontend", f"ipc://{tmp_path}/f", "--backend",
+                             f"ipc://{tmp_path}/b", "--jetstream", "nats://127.0.0.1:4222",
+                             "--jetstream-prefix", prefix], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "--jetstream-prefix" in result.stderr and "subject tokens" in result.stderr

@@ -24,7 +24,7 @@ import zmq
 from . import security
 from ._text import split_commas
 from .broker import broker as broker_module, metrics as metrics_module
-from .broker.jetstream import JetStreamSettings
+from .broker.jetstream import JETSTREAM_MAX_MESSAGE_SIZE, JetStreamSettings
 from .consumers import tail as tail_module
 from .consumers.subscriber import DEFAULT_ENDPOINT, Subscriber
 from .runner.config import check_endpoint
@@ -69,8 +69,11 @@ def broker(
                                                    "broker (even after SIGKILL) starts with it."),
     stats_interval: Optional[float] = typer.Option(None, "--stats-interval", min=0.1,
                                                    help="Print traffic statistics every this many seconds."),
-    max_message_size: int = typer.Option(broker_module.DEFAULT_MAX_MESSAGE_SIZE, "--max-message-size", min=1,
-                                         help="Disconnect a publisher that sends a larger message (bytes)."),
+    max_message_size: Optional[int] = typer.Option(
+        None, "--max-message-size", min=1,
+        help=f"Disconnect a publisher that sends a larger message (bytes; runners cut larger events). Default "
+             f"{broker_module.DEFAULT_MAX_MESSAGE_SIZE}; {JETSTREAM_MAX_MESSAGE_SIZE} with --jetstream (what fits NATS's "
+             "default max_payload of 1 MiB with the headers)."),
     startup_grace: float = typer.Option(1.0, "--startup-grace", min=0,
                                         help="Seconds to let subscribers (re)connect before forwarding starts."),
     curve_secret_key_file: Optional[str] = typer.Option(
@@ -143,6 +146,8 @@ def broker(
                 creds_file=jetstream_creds, tls_ca=jetstream_tls_ca)
         except ValueError as exc:
             _fail(str(exc), 2)
+    if max_message_size is None:
+        max_message_size = JETSTREAM_MAX_MESSAGE_SIZE if jetstream else broker_module.DEFAULT_MAX_MESSAGE_SIZE
     held_logs = _HeldLogs()
     instance = broker_module.Broker(_split(frontend), _split(backend), history_endpoints,
                                     history_runs=history_runs, history_bytes=history_bytes, history_dir=history_dir,

@@ -259,7 +259,8 @@ class Broker:
                     raise BrokerError(f"cannot connect to upstream endpoints {self.upstream_endpoints} "
                                       f"(--upstream): {exc}") from None
             if self.jetstream is not None:
-                self._store = JetStreamStore(self.jetstream, ctx, name=f"zmq-emitter broker {self.name}").start()
+                self._store = JetStreamStore(self.jetstream, ctx, name=f"zmq-emitter broker {self.name}",
+                                             max_message_size=self.max_message_size).start()
             self._threads.append(threading.Thread(target=self._run_history, name="zmq-emitter-history", daemon=True))
         for thread in self._threads:
             thread.start()

@@ -208,7 +208,9 @@ class BrokerCollector(Collector):
                 (counter, "publish_failures", "Publishes that failed (timed out, NATS unreachable, refused); sent "
                  "again.", store.failed),
                 (counter, "messages_lost", "Messages the memory history forgot before JetStream stored them (each "
-                 "range also logged).", store.lost)):
+                 "range also logged).", store.lost),
+                (counter, "messages_too_large", "Messages over NATS's max_payload: never stored in JetStream, passed "
+                 "over so that acknowledgements go on (logged).", store.too_large)):
             yield _labelled(kind, f"jetstream_{name}", text, "stream", store.stream, value)
 
     @staticmethod
