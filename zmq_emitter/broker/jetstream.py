@@ -11,8 +11,9 @@ Stored messages:
 
 - subject ``<prefix>.<ident>.<kind>.<name>.<pub>`` (default prefix ``zmq-emitter``), each part one
   subject token (``token``: bytes other than ``A-Z a-z 0-9 - _`` as ``%XX``, so dots, ``*``, ``>``
-  and spaces in idents are safe), so that one run (``zmq-emitter.<ident>.>``), one kind, one event
-  name or one publisher (``zmq-emitter.*.*.*.<pub>``) is read without scanning the stream;
+  and spaces in idents are safe; over ``MAX_TOKEN`` characters cut, with a digest), so that one run
+  (``zmq-emitter.<ident>.>``), one kind, one event name or one publisher (``zmq-emitter.*.*.*.<pub>``)
+  is read without scanning the stream (a consumer filtered on it: NATS's subject index);
 - header ``Nats-Msg-Id: <pub>:<seq>``: JetStream stores a message once within the stream's
   duplicate window, whoever sends it again (a runner after a broker restart, the other broker
   of a redundant pair, an edge and its central broker);
@@ -26,9 +27,11 @@ runs the asyncio NATS client in a thread of its own; the history thread hands it
 acknowledged (``StoreLink``, sans-I/O, as ``upstream.UpstreamLink`` is for federation).  The
 memory history is the buffer: while NATS is unreachable forwarding goes on, acknowledgements
 to runners stop (they keep and spool), and when NATS is back the store catches up from the
-memory history, oldest first.  The bound: what the memory history forgot (``--history-bytes``,
+memory history, oldest first.  The bounds: what the memory history forgot (``--history-bytes``,
 ``--history-runs``) before JetStream stored it is counted (``lost``) and logged with its
-publisher and ``seq`` range, never silent.
+publisher and ``seq`` range, never silent; a message over NATS's ``max_payload`` is counted
+(``too_large``), logged and passed over (``StoreLink.refused``), so that its publisher's later
+messages are still stored and acknowledged.
 
 Reading back: ``replay`` and ``fetch`` requests that the memory history cannot answer in
 full (a run it never saw or forgot, messages it no longer holds) are answered from the stream
