@@ -423,3 +423,21 @@ def test_a_bad_jetstream_prefix_is_refused_at_start_naming_the_option(tmp_path, 
                              "--jetstream-prefix", prefix], capture_output=True, text=True, timeout=30)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert "--jetstream-prefix" in result.stderr and "subject tokens" in result.stderr
+
+
+def test_a_real_run_with_an_event_over_nats_max_payload_is_stored_whole_with_that_event_cut_by_the_runner(
+        project, cluster, broker):
+    from test_oversize import BIG_PLAYBOOK
+
+    (project / "project" / "big.yml").write_text(BIG_PLAYBOOK)
+    run = subprocess.run([str(BIN / "ansible-runner"), "run", str(project), "-p", "big.yml", "--ident", "js-big-run",
+                          "--cmdline", "-e size=2000000"], env=runner_env(RUNNER_ZMQ_URL=broker.frontend,
+                                                                          RUNNER_ZMQ_LINGER="20000"),
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "spool" not in run.stderr and "sent cut" in run.stderr, run.stderr  # all acknowledged: stored
+    assert_stored_once_in_order(cluster.urls, ["js-big-run"], in_stream_order=False)
+    events = [protocol.decode(f).payload for _, f in stored_messages(cluster.urls)
+              if protocol.envelope(f).ident == "js-big-run" and protocol.envelope(f).kind == "event"]
+    assert [e["uuid"] for e in events] == [e["uuid"] for e in job_events(project, "js-big-run")]
+    assert [e[protocol.TRUNCATED]["limit"] for e in events if protocol.TRUNCATED in e] == [2**20 - 64 * 1024]

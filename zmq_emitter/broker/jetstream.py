@@ -70,7 +70,8 @@ RETRY_AFTER = 1.0       # seconds after a failed publish before sending again (N
 # without pings answered for this long twice, the client drops it and goes to another server (nats-py's
 # default, 2 minutes twice, would hold every acknowledgement for 4 minutes).
 PING_INTERVAL = 3
-READ_BATCH = 1000      # messages per request when a history request reads the stream
+READ_BATCH = 200       # messages per request when a history request reads the stream (at most ~200 MiB in flight,
+                       # within the client's 256 MiB of pending bytes a subscription)
 READ_TIMEOUT = 10.0     # seconds a history request waits for the stream before the memory's answer goes out
 # --max-message-size with --jetstream by default: NATS's default max_payload (1 MiB) less room for the headers
 # (message id, topic and header frames), so that runners, told the limit by the broker's presence, cut larger
@@ -611,7 +612,8 @@ class JetStreamStore:
         sub = await self._nc.jetstream().pull_subscribe(filter_subject, stream=self.settings.stream, config=config)
         out, seen = [], set()
         try:
-            remaining = (await sub.consumer_info()).num_pending
+            info = await sub.consumer_info()
+            remaining = info.num_pending
             while remaining > 0 and len(out) < protocol.MAX_FETCH:
                 batch = await sub.fetch(min(READ_BATCH, remaining), timeout=READ_TIMEOUT)
                 remaining = batch[-1].metadata.num_pending if batch else 0
@@ -627,7 +629,7 @@ class JetStreamStore:
         finally:
             await sub.unsubscribe()
             try:
-                await self._nc.jsm().delete_consumer(self.settings.stream, (await sub.consumer_info()).name)
+                await self._nc.jsm().delete_consumer(self.settings.stream, info.name)
             except Exception:
                 pass  # gone already, or NATS away: inactive_threshold removes it
         return out
