@@ -441,3 +441,15 @@ def test_a_real_run_with_an_event_over_nats_max_payload_is_stored_whole_with_tha
               if protocol.envelope(f).ident == "js-big-run" and protocol.envelope(f).kind == "event"]
     assert [e["uuid"] for e in events] == [e["uuid"] for e in job_events(project, "js-big-run")]
     assert [e[protocol.TRUNCATED]["limit"] for e in events if protocol.TRUNCATED in e] == [2**20 - 64 * 1024]
+
+
+def test_replicas_the_cluster_cannot_give_are_said_as_a_settings_problem_naming_the_option(tmp_path):
+    with NatsCluster(tmp_path / "single", size=1) as node:
+        node.wait_ready()
+        broker = BrokerProcess(f"ipc://{tmp_path}/f", f"ipc://{tmp_path}/b", "--startup-grace", "0",
+                               "--jetstream", node.urls, "--jetstream-replicas", "3")
+        try:
+            wait_until(lambda: "refused its settings" in broker.stderr(), 30, 0.1, "the refusal said")
+            assert "--jetstream-replicas" in broker.stderr() and "NATS unreachable" not in broker.stderr()
+        finally:
+            broker.stop()

@@ -489,7 +489,7 @@ class JetStreamStore:
         settings = self.settings
 
         async def disconnected():
-            if not self._closing:
+            if self.connected and not self._closing:  # (not when this side closes after a problem)
                 self._state(False, "connection lost")
 
         async def reconnected():
@@ -504,7 +504,8 @@ class JetStreamStore:
                 self._state(False, problem=f"NATS refused the credentials ({exc}): check {ENV_USER}, "
                                            f"{ENV_PASSWORD}, {ENV_TOKEN}, --jetstream-password-file, "
                                            "--jetstream-token-file, --jetstream-creds")
-            else:  # no server answers (at start too): said once, tried again
+            elif self._said in (None, "up", "down"):  # no server answers (at start too): said once, tried again;
+                # after a refusal the server resets each try: that is the refusal again, not news
                 self._state(False, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
 
         while True:
