@@ -646,9 +646,12 @@ class JetStreamStore:
         jsm, settings = self._nc.jsm(), self.settings
         info = await jsm.stream_info(settings.stream, subjects_filter=f"{settings.prefix}.>")
 
+        gate = asyncio.Semaphore(256)  # requests in flight at once: a stream of many runs must not flood NATS
+
         async def last_of(subj: str) -> tuple[int, protocol.Envelope, float | None] | None:
             try:
-                msg = await jsm.get_last_msg(settings.stream, subj)
+                async with gate:
+                    msg = await jsm.get_last_msg(settings.stream, subj)
             except NotFoundError:
                 return None
             frames = frames_of(msg.headers, msg.data)
@@ -681,7 +684,7 @@ class JetStreamStore:
                 status_subjects.setdefault(ident, []).append(subj)
         publishers: dict[str, int] = {}
         pairs = [(ident, subj) for ident, subjects in status_subjects.items() for subj in subjects]
-        lasts = await asyncio.gather(*(last_of(subj) for _, subj in pairs))  # at once: one round trip, not one each
+        lasts = await asyncio.gather(*(last_of(subj) for _, subj in pairs))  # concurrently, not one after another
         final: dict[str, tuple] = {}
         for (ident, _), last in zip(pairs, lasts):
             if last is None:
