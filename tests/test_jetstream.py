@@ -20,6 +20,7 @@ import pytest
 
 from conftest import (BIN, BrokerProcess, FINAL_STATUSES, RawPublisher, job_events, run_cli, runner_env,
                       wait_run_recorded, wait_until)
+from test_disk_full import small_disk  # noqa: F401 (a fixture: a 2 MiB tmpfs)
 from test_metrics import scrape
 from zmq_emitter import protocol
 from zmq_emitter.broker.jetstream import frames_of
@@ -453,3 +454,33 @@ def test_replicas_the_cluster_cannot_give_are_said_as_a_settings_problem_naming_
             assert "--jetstream-replicas" in broker.stderr() and "NATS unreachable" not in broker.stderr()
         finally:
             broker.stop()
+
+
+def test_with_a_full_history_disk_too_nothing_is_acknowledged_until_written_there_as_well_as_stored(
+        tmp_path, cluster, small_disk):
+    """--history-dir and --jetstream: acknowledged means written to the journal and stored in JetStream."""
+    import zmq
+    from test_acks_broker import AckingPublisher
+    from test_disk_full import fill, pump_until
+
+    broker = BrokerProcess(f"ipc://{tmp_path}/f", f"ipc://{tmp_path}/b", "--startup-grace", "0",
+                           "--history-dir", str(small_disk / "history"), "--jetstream", cluster.urls)
+    context = zmq.Context()
+    publisher = AckingPublisher(context, broker.frontend)
+    try:
+        publisher.publish(20)
+        pump_until(publisher, lambda: not publisher.kept)  # written, stored and acknowledged
+        filler = fill(small_disk)
+        publisher.publish(300)
+        pump_until(publisher, lambda: "cannot write to" in broker.stderr() and not publisher.queue)
+        pump_until(publisher, lambda: len(stored_messages(cluster.urls)) == 320)  # JetStream has them all...
+        time.sleep(1)
+        publisher.pump()
+        assert max(publisher.acks) < 320  # ...yet the disk refuses: the runner keeps what is not written
+        filler.unlink()
+        pump_until(publisher, lambda: not publisher.kept, 60)
+        assert max(publisher.acks) == 320
+    finally:
+        publisher.sock.close(0)
+        context.term()
+        broker.stop()
