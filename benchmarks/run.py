@@ -1,6 +1,6 @@
 """Run the benchmarks: print a table per figure and write the same figures as JSON.
 
-    python3 dev.py bench                     # the full run (~10 min), -> benchmarks/results/latest.json
+    python3 dev.py bench                     # the full run (~13 min), -> benchmarks/results/latest.json
     python3 dev.py bench --quick             # a small run (~1 min) proving the benchmarks work
     .venv/bin/python benchmarks/run.py --only hotpath,peers --reps 3 --out /tmp/x.json
 
