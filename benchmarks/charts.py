@@ -143,8 +143,24 @@ def _eda(figure: dict, ax) -> None:
     ax.set_title("9. event_handler -> a rule's action starting in ansible-rulebook")
 
 
+def _stores(figure: dict, ax) -> None:
+    data = figure["data"]
+    names = {"memory": "memory", "journal": "journal", "jetstream_r1": "JetStream R1", "jetstream_r3": "JetStream R3"}
+    labels, stats = [], []
+    for key, name in names.items():
+        if key in data:
+            rate = next(r for r in data[key] if r.isdigit())
+            latency = data[key][rate]
+            labels.append(f"{name}\nack p50 {latency['p50_us']['median'] / 1000:.1f} / "
+                          f"p99 {latency['p99_us']['median'] / 1000:.1f} ms at {int(rate):,}/s")
+            stats.append(data[key]["throughput"])
+    _bars(ax, labels, [s["median"] for s in stats], [s["min"] for s in stats], [s["max"] for s in stats], None,
+          "acknowledged messages/s (median, min-max)")
+    ax.set_title("10. Where the history lives: memory, journal, JetStream")
+
+
 CHARTS = {"hotpath": _hotpath, "fanout": _fanout, "latency": _latency, "playbook": _playbook, "memory": _memory,
-          "hops": _hops, "eda": _eda}
+          "hops": _hops, "eda": _eda, "stores": _stores}
 
 
 def draw(report: dict, out_dir: Path) -> list[Path]:

@@ -1,6 +1,6 @@
 """Run the benchmarks: print a table per figure and write the same figures as JSON.
 
-    python3 dev.py bench                     # the full run (~10 min), -> benchmarks/results/latest.json
+    python3 dev.py bench                     # the full run (~13 min), -> benchmarks/results/latest.json
     python3 dev.py bench --quick             # a small run (~1 min) proving the benchmarks work
     .venv/bin/python benchmarks/run.py --only hotpath,peers --reps 3 --out /tmp/x.json
 
@@ -13,6 +13,8 @@ Figures (module, what):
   memory    6. resident size after a million event_handler calls
   hops      8. runner -> edge -> central -> subscriber against one broker: throughput, latency per hop
   eda       9. event_handler call -> a rule's action starting in a real ansible-rulebook (skipped without Java 17+)
+  stores   10. the history in memory, the journal, JetStream R1 and R3: acknowledged/s, ack latency (skipped without
+               nats-server)
   web      11. the web view in headless chromium: events/s a run's page keeps up with, its memory after a
                10,000-event run (skipped without chromium, chromium-driver and selenium)
   profile   where the hot path's time goes (cProfile), broker history on and off
@@ -32,9 +34,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import charts, common, eda, fanout, hops, hotpath, latency, memory, peers, playbook, profile_hotpath, web  # noqa: E402
+from benchmarks import (charts, common, eda, fanout, hops, hotpath, latency, memory, peers, playbook,  # noqa: E402
+                        profile_hotpath, stores, web)
 
-FIGURES = ("hotpath", "peers", "fanout", "latency", "playbook", "memory", "hops", "eda", "web", "profile")
+FIGURES = ("hotpath", "peers", "fanout", "latency", "playbook", "memory", "hops", "eda", "stores", "web", "profile")
 
 # (full, quick) sizes of each figure.
 SIZES = {
@@ -56,6 +59,9 @@ SIZES = {
     "hops_rates": ((1_000, 10_000), (1_000,)),
     "eda_n": (300, 10),  # matching events per rep, at eda_rate: 15 s a rep (full), 0.5 s (quick)
     "eda_rate": (20, 20),
+    "stores_n": (20_000, 300),
+    "stores_rates": ((1_000,), (1_000,)),
+    "stores_seconds": (3.0, 0.3),
     "web_n": (10_000, 1_000),
     "web_rates": ((1_000, 5_000, None), (1_000,)),  # None: as fast as event_handler goes
 }
@@ -105,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         "memory": lambda: memory.run(corpus_path, size["memory_calls"]),
         "hops": lambda: hops.run(corpus, reps, size["hops_n"], size["hops_rates"], size["latency_seconds"]),
         "eda": lambda: eda.run(corpus, reps, size["eda_n"], size["eda_rate"]),
+        "stores": lambda: stores.run(corpus, reps, size["stores_n"], size["stores_rates"], size["stores_seconds"]),
         "web": lambda: web.run(corpus, size["web_n"], size["web_rates"]),
     }
     for name in args.only:

@@ -11,7 +11,7 @@ from pathlib import Path
 import zmq
 
 ROOT = Path(__file__).resolve().parent.parent
-FIGURES = ["hotpath", "peers", "fanout", "latency", "playbook", "memory", "hops", "eda", "web", "profile"]
+FIGURES = ["hotpath", "peers", "fanout", "latency", "playbook", "memory", "hops", "eda", "stores", "web", "profile"]
 
 
 def test_quick_benchmarks_run_every_figure_and_lose_nothing(tmp_path):
@@ -26,8 +26,8 @@ def test_quick_benchmarks_run_every_figure_and_lose_nothing(tmp_path):
 
     figures = report["figures"]
     for name in FIGURES[:-1]:  # every figure but the profile prints a table and its targets
-        if "skipped" in figures[name]:  # eda without Java 17+, web without a browser: says so instead
-            assert name in ("eda", "web") and figures[name]["skipped"] in result.stdout, name
+        if "skipped" in figures[name]:  # eda without Java 17+, stores without nats-server, web without a browser
+            assert name in ("eda", "stores", "web") and figures[name]["skipped"] in result.stdout, name
             continue
         assert figures[name]["rows"] and figures[name]["targets"], name
         assert figures[name]["title"] in result.stdout
@@ -76,6 +76,12 @@ def test_quick_benchmarks_run_every_figure_and_lose_nothing(tmp_path):
             assert d["lost"] == 0 and d["matched"] == d["fired"] > 0, path
             assert 0 < d["p50_ms"]["median"] <= d["p99_ms"]["median"] <= d["max_ms"]["median"], path
 
+    if "skipped" not in figures["stores"]:  # memory, journal, JetStream R1 and R3 acknowledged every message
+        for store in ("memory", "journal", "jetstream_r1", "jetstream_r3"):
+            d = figures["stores"]["data"][store]
+            assert d["unacknowledged"] == 0 and d["throughput"]["median"] > 0, store
+            assert 0 < d["1000"]["p50_us"]["median"] <= d["1000"]["p99_us"]["median"], store
+
     for key in ("history_on", "history_off"):
         mem = figures["memory"]["data"][key]
         assert mem["sent"] == mem["received"] and mem["plugin_dropped"] == 0, key
@@ -84,7 +90,8 @@ def test_quick_benchmarks_run_every_figure_and_lose_nothing(tmp_path):
     paired = runs["paired_zmq_vs_off"]
     assert len(paired["differences"]) == 2 and paired["ci95"][0] <= paired["median"] <= paired["ci95"][1]
 
-    drawn = ["hotpath", "fanout", "latency", "playbook", "memory"] + (["eda"] if "skipped" not in figures["eda"] else [])
+    drawn = ["hotpath", "fanout", "latency", "playbook", "memory"] + [
+        name for name in ("eda", "stores") if "skipped" not in figures[name]]
     for name in drawn:  # the charts of RESULTS.md, drawn from the JSON
         assert (tmp_path / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
 

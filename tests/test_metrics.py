@@ -267,7 +267,8 @@ def test_the_alert_rules_are_prometheus_rule_groups_on_the_brokers_metric_names(
         {rule["alert"] for rule in rules}
     # Each metric an expression names is one the broker serves (or reserves, for upstream links).
     served = set(scrape_once(tmp_path)) | {P + "upstream_up", P + "upstream_backlog_messages",
-                                           P + "upstream_messages_sent_total"}  # (an edge broker's: test above)
+                                           P + "upstream_messages_sent_total",  # (an edge broker's: test above)
+                                           P + "jetstream_up", P + "jetstream_messages_lost_total"}  # test_jetstream
     named = {name for rule in rules for name in re.findall(r"\b" + P + r"\w+", rule["expr"])}
     assert named and named <= {re.sub(r"\{.*", "", name) for name in served}, named - served
 

@@ -25,7 +25,7 @@ import zmq
 from . import __version__, security
 from ._text import check_endpoint, split_commas
 from .broker import broker as broker_module, metrics as metrics_module
-from .broker.jetstream import JetStreamSettings
+from .broker.jetstream import JETSTREAM_MAX_MESSAGE_SIZE, JetStreamSettings
 from .consumers import tail as tail_module
 from .consumers.subscriber import DEFAULT_ENDPOINT, Subscriber
 
@@ -81,8 +81,11 @@ def broker(
                                                    "broker (even after SIGKILL) starts with it."),
     stats_interval: Optional[float] = typer.Option(None, "--stats-interval", metavar="SECONDS", min=0.1,
                                                    help="Print traffic statistics every this many seconds."),
-    max_message_size: int = typer.Option(broker_module.DEFAULT_MAX_MESSAGE_SIZE, "--max-message-size", metavar="BYTES", min=1,
-                                         help="Disconnect a publisher that sends a larger message (bytes)."),
+    max_message_size: Optional[int] = typer.Option(
+        None, "--max-message-size", metavar="BYTES", min=1,
+        help=f"Disconnect a publisher that sends a larger message (bytes; runners cut larger events). Default "
+             f"{broker_module.DEFAULT_MAX_MESSAGE_SIZE}; {JETSTREAM_MAX_MESSAGE_SIZE} with --jetstream (what fits NATS's "
+             "default max_payload of 1 MiB with the headers)."),
     startup_grace: float = typer.Option(1.0, "--startup-grace", metavar="SECONDS", min=0,
                                         help="Seconds to let subscribers (re)connect before forwarding starts."),
     curve_secret_key_file: Optional[str] = typer.Option(
@@ -111,6 +114,9 @@ def broker(
                                              "JetStream and acknowledge only what it stored (docs/operations.md). "
                                              "Credentials: ZMQ_EMITTER_NATS_USER/_PASSWORD/_TOKEN or the files below."),
     jetstream_stream: str = typer.Option("ZMQ_EMITTER", "--jetstream-stream", metavar="NAME", help="The JetStream stream's name."),
+    jetstream_prefix: str = typer.Option("zmq-emitter", "--jetstream-prefix", metavar="PREFIX",
+                                         help="The stream's subjects: PREFIX.<ident>.<kind>.<name>.<pub> (streams of "
+                                              "one NATS account may not share subjects: one prefix per stream)."),
     jetstream_replicas: int = typer.Option(1, "--jetstream-replicas", metavar="N", min=1, max=5,
                                            help="Copies of each message in the cluster (3: acknowledged means on a "
                                                 "quorum of machines)."),
@@ -147,11 +153,13 @@ def broker(
         try:
             jetstream_settings = JetStreamSettings.from_sources(
                 _split(jetstream), password_file=jetstream_password_file, token_file=jetstream_token_file,
-                stream=jetstream_stream, replicas=jetstream_replicas, max_age=jetstream_max_age,
+                stream=jetstream_stream, prefix=jetstream_prefix, replicas=jetstream_replicas, max_age=jetstream_max_age,
                 max_bytes=jetstream_max_bytes, duplicate_window=jetstream_duplicate_window,
                 creds_file=jetstream_creds, tls_ca=jetstream_tls_ca)
         except ValueError as exc:
             _fail(str(exc), 2)
+    if max_message_size is None:
+        max_message_size = JETSTREAM_MAX_MESSAGE_SIZE if jetstream else broker_module.DEFAULT_MAX_MESSAGE_SIZE
     held_logs = _HeldLogs()
     instance = broker_module.Broker(_split(frontend), _split(backend), history_endpoints,
                                     history_runs=history_runs, history_bytes=history_bytes, history_dir=history_dir,

@@ -51,7 +51,7 @@ from zmq.utils.monitor import recv_monitor_message
 from .. import protocol, security
 from .acks import Acknowledgements
 from .history import History, HistoryCounters
-from .jetstream import JetStreamSettings, JetStreamStore
+from .jetstream import JetStreamSettings, JetStreamStore, StoreStats
 from .journal import JournalLocked
 from .upstream import Upstream, UpstreamStats
 
@@ -259,7 +259,8 @@ class Broker:
                     raise BrokerError(f"cannot connect to upstream endpoints {self.upstream_endpoints} "
                                       f"(--upstream): {exc}") from None
             if self.jetstream is not None:
-                self._store = JetStreamStore(self.jetstream, ctx, name=f"zmq-emitter broker {self.name}").start()
+                self._store = JetStreamStore(self.jetstream, ctx, name=f"zmq-emitter broker {self.name}",
+                                             max_message_size=self.max_message_size).start()
             self._threads.append(threading.Thread(target=self._run_history, name="zmq-emitter-history", daemon=True))
         for thread in self._threads:
             thread.start()
@@ -345,6 +346,14 @@ class Broker:
         """
         upstream = self._upstream
         return upstream.stats() if upstream is not None else None
+
+    def store_stats(self) -> StoreStats | None:
+        """The history's store in NATS JetStream (``--jetstream``); None without one.
+
+        >>> # Broker(..., jetstream=JetStreamSettings(["nats://127.0.0.1:4222"])).store_stats().backlog
+        """
+        store = self._store
+        return store.stats() if store is not None else None
 
     # -- threads ------------------------------------------------------------------------
 
@@ -496,6 +505,8 @@ class Broker:
                 with self._stats_lock:
                     self._stats.history, self._stats.acks_sent = counters, acks_sent
                     self._stats.resend_requests = resend_requests
+                if store is not None:
+                    store.snapshot()
                 snapshot_at = now + SNAPSHOT_INTERVAL
             if upstream is not None:  # what is new goes up too; never blocks (upstream.py)
                 upstream.read()

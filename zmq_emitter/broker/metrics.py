@@ -23,6 +23,10 @@ Upstream links (federation, ``--upstream``): an edge broker's ``upstream_stats()
 a snapshot, never blocking on a socket) gives the ``zmq_emitter_broker_upstream_*`` metrics, labelled
 with the ``--upstream`` endpoints; a broker without an upstream has none of them.
 
+The history's store in NATS JetStream (``--jetstream``): ``store_stats()`` (``broker/jetstream.py``: a snapshot
+the history thread takes with its counters) gives the ``zmq_emitter_broker_jetstream_*`` metrics, labelled with
+the stream's name; a broker without ``--jetstream`` has none of them.
+
 Every metric is listed, with its meaning, in docs/operations.md ("Metrics").
 """
 from __future__ import annotations
@@ -38,6 +42,7 @@ from prometheus_client.registry import Collector
 
 from .. import __version__, protocol
 from .broker import HISTORY, PUBLISHERS, SUBSCRIBERS, Broker
+from .jetstream import StoreStats
 from .upstream import UpstreamStats
 
 PREFIX = "zmq_emitter_broker"
@@ -100,6 +105,13 @@ def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(f"{PREFIX}_{name}", documentation, value=value)
 
 
+def _labelled(kind, name: str, documentation: str, label: str, label_value: str, value: float) -> Metric:
+    """``PREFIX_name{label="label_value"}``: one series of a link (upstream, store) named by ``label``."""
+    metric = kind(f"{PREFIX}_{name}", documentation, labels=[label])
+    metric.add_metric([label_value], value)
+    return metric
+
+
 class BrokerCollector(Collector):
     """Reads one broker's counters at scrape time (see the module docstring)."""
 
@@ -144,6 +156,9 @@ class BrokerCollector(Collector):
         upstream = broker.upstream_stats()
         if upstream is not None:
             yield from self._upstream(upstream)
+        store = broker.store_stats()
+        if store is not None:
+            yield from self._store(store)
 
     def _history(self, stats) -> Iterator[Metric]:
         history = stats.history
@@ -177,13 +192,31 @@ class BrokerCollector(Collector):
         yield finished
 
     @staticmethod
-    def _upstream(link: UpstreamStats) -> Iterator[Metric]:
-        label = [",".join(link.endpoints)]
+    def _store(store: StoreStats) -> Iterator[Metric]:
+        gauge, counter = GaugeMetricFamily, CounterMetricFamily
+        for kind, name, text, value in (
+                (gauge, "up", "1 while connected to NATS with the stream in place (what is stored is acknowledged); "
+                 "0 while not (nothing new is acknowledged).", 1 if store.connected else 0),
+                (gauge, "backlog_messages", "Messages the memory history holds that JetStream has not stored yet "
+                 "(not acknowledged to their runners yet).", store.backlog),
+                (gauge, "inflight_messages", "Of those, handed to the NATS client and not answered yet.",
+                 store.inflight),
+                (counter, "messages_published", "Publishes to JetStream (a message sent again after a failure counts "
+                 "again).", store.handed_over),
+                (counter, "messages_stored", "Publishes JetStream acknowledged storing (or answered that it had them "
+                 "already).", store.stored),
+                (counter, "publish_failures", "Publishes that failed (timed out, NATS unreachable, refused); sent "
+                 "again.", store.failed),
+                (counter, "messages_lost", "Messages the memory history forgot before JetStream stored them (each "
+                 "range also logged).", store.lost),
+                (counter, "messages_too_large", "Messages over NATS's max_payload: never stored in JetStream, passed "
+                 "over so that acknowledgements go on (logged).", store.too_large)):
+            yield _labelled(kind, f"jetstream_{name}", text, "stream", store.stream, value)
 
+    @staticmethod
+    def _upstream(link: UpstreamStats) -> Iterator[Metric]:
         def family(kind, name: str, text: str, value: float) -> Metric:
-            metric = kind(f"{PREFIX}_{name}", text, labels=["upstream"])
-            metric.add_metric(label, value)
-            return metric
+            return _labelled(kind, name, text, "upstream", ",".join(link.endpoints), value)
 
         yield family(GaugeMetricFamily, "upstream_up", "1 while a connection to a central broker is up.",
                      1 if link.connected else 0)
