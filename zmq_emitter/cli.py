@@ -115,7 +115,7 @@ def broker(
                                              "Credentials: ZMQ_EMITTER_NATS_USER/_PASSWORD/_TOKEN or the files below."),
     jetstream_stream: str = typer.Option("ZMQ_EMITTER", "--jetstream-stream", metavar="NAME", help="The JetStream stream's name."),
     jetstream_prefix: str = typer.Option("zmq-emitter", "--jetstream-prefix", metavar="PREFIX",
-                                         help="The stream's subjects: PREFIX.<ident>.<kind>.<name>.<pub> (streams of "
+                                         help="The stream's subjects: PREFIX.IDENT.KIND.NAME.PUB (streams of "
                                               "one NATS account may not share subjects: one prefix per stream)."),
     jetstream_replicas: int = typer.Option(1, "--jetstream-replicas", metavar="N", min=1, max=5,
                                            help="Copies of each message in the cluster (3: acknowledged means on a "
