@@ -20,6 +20,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
+if __package__ in (None, ""):
+    sys.path.insert(0, str(HERE.parent))
+
+from benchmarks import hotpath  # noqa: E402
+
 
 def _bars(ax, labels: list[str], values: list[float], lows: list[float], highs: list[float], target: float | None,
           xlabel: str) -> None:
@@ -41,8 +46,7 @@ def _hotpath(figure: dict, ax) -> None:
     for key, d in data.items():
         if not key.startswith("plugin_"):
             continue
-        codec = key[len("plugin_"):].split(",")[0]
-        floor = data[f"floor_{codec}"]["e2e_per_s"]["median"]
+        floor = data[f"floor_{hotpath.floor_of(key[len('plugin_'):])}"]["e2e_per_s"]["median"]
         labels.append(key[len("plugin_"):])
         values.append(d["e2e_per_s"]["median"] / floor)
         lows.append(d["e2e_per_s"]["min"] / floor)

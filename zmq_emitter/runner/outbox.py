@@ -157,11 +157,11 @@ class Outbox:
         True if the outbox was settled before (the Publisher wakes its flush thread).
         """
         self.own.sent.append(entry)
-        self.count += 1
-        self.size += len(entry.payload)
-        if self.count > self.max_messages or self.size > self.max_bytes:
+        count = self.count = self.count + 1
+        size = self.size = self.size + len(entry[3])  # (a NamedTuple's field by name is a Python-level property)
+        if count > self.max_messages or size > self.max_bytes:
             self._push_out()
-        return self.count == 1
+        return count == 1
 
     def cut(self, entry: Entry) -> Entry | None:
         """Our own ``entry``, whose payload is over ``limit``, as it may be sent (None: not at all, dropped)."""

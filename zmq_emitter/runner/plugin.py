@@ -57,8 +57,12 @@ from .outbox import Entry, Outbox
 log = logging.getLogger("zmq_emitter")
 
 _POLL_INTERVAL = 0.01  # seconds between looks at the socket's incoming subscriptions
-_MORE = zmq.NOBLOCK | zmq.SNDMORE
-_LAST = zmq.NOBLOCK
+# Seconds the hot path leaves a full socket alone: libzmq takes sends again only once its reader has
+# drained half the queue (a few ms), and every refused try would cost an exception.
+_RETRY_INTERVAL = 0.001
+_MORE = int(zmq.NOBLOCK | zmq.SNDMORE)  # plain ints: IntFlag arithmetic per frame is Python-level
+_LAST = int(zmq.NOBLOCK)
+_send = zmq.backend.Socket.send  # the Cython layer under zmq.Socket.send (copies, never zero-copy)
 _monotonic = time.monotonic
 _HANDSHAKE_FAILED = {zmq.EVENT_HANDSHAKE_FAILED_AUTH: "refused this runner's CURVE key (is its public key in the "
                                                       "broker's --publisher-keys directory?)",
@@ -88,6 +92,7 @@ class Publisher:
         self._outbox = Outbox(self.id, max_messages=config.buffer_messages, max_bytes=config.buffer_bytes,
                               max_message_size=config.max_message_size, warn=_say)
         self._next_poll = 0.0
+        self._retry_at = 0.0  # the socket refused a send: the hot path only buffers until then
         self._closed = False
         self._troubles: set = set()  # socket errors said once
         self._awaiting_broker = False  # at exit: a broker that acknowledged before was away
@@ -190,38 +195,38 @@ class Publisher:
             box = self._outbox
             seq = box.seq = box.seq + 1  # the outbox's counter, stamped where the header is made
             header = header_prefix + b"%d}" % seq
-            entry = _entry(Entry, (seq, topic, header, payload))
             if len(payload) > box.limit:  # larger than a broker accepts: sent cut (oversize.py)
-                entry = box.cut(entry)
-                if entry is None:
+                cut = box.cut(_entry(Entry, (seq, topic, header, payload)))
+                if cut is None:
                     return
-                payload = entry.payload
+                payload = cut.payload
             now = _monotonic()
             if now >= self._next_poll:
                 self._next_poll = now + _POLL_INTERVAL
                 self._read_incoming()
             if box.waiting or not box.subscribed:  # (closed: never subscribed)
-                self._keep(entry)
-                self._flush()
+                self._keep(_entry(Entry, (seq, topic, header, payload)))
+                if now >= self._retry_at:
+                    self._flush()
                 return
+            sock = self._socket
             try:
-                # Three plain sends: pyzmq's send_multipart spends more on flag handling than
-                # libzmq spends sending.  libzmq checks the high-water mark on whole messages,
-                # so a message whose first frame was accepted is accepted whole.
-                send = self._socket.send
-                send(topic, _MORE)
-                send(header, _MORE)
-                send(payload, _LAST)
+                # Three plain sends through pyzmq's Cython layer: its Python wrapper and send_multipart
+                # cost more than libzmq spends sending.  libzmq checks the high-water mark on whole
+                # messages, so a message whose first frame was accepted is accepted whole.
+                _send(sock, topic, _MORE)
+                _send(sock, header, _MORE)
+                _send(sock, payload, _LAST)
             except zmq.Again:  # the peer's queue is full (XPUB_NODROP): it waits
-                self._keep(entry)
+                self._keep(_entry(Entry, (seq, topic, header, payload)))
+                self._retry_at = now + _RETRY_INTERVAL
                 return
             except zmq.ZMQError as exc:
-                self._keep(entry)
+                self._keep(_entry(Entry, (seq, topic, header, payload)))
                 self._trouble(exc)
                 return
-            if box.retaining:
-                if box.retain(entry):
-                    self._buffered.set()  # the first one: the flush thread reads acknowledgements from now on
+            if box.retaining and box.retain(_entry(Entry, (seq, topic, header, payload))):
+                self._buffered.set()  # the first one: the flush thread reads acknowledgements from now on
 
     # -- everything off the hot path ----------------------------------------------------
 
@@ -237,10 +242,10 @@ class Publisher:
             self._trouble(exc)
 
     def _send_frames(self, entry: Entry) -> None:
-        send = self._socket.send  # as in send(), for a buffered entry
-        send(entry.topic, _MORE)
-        send(entry.header, _MORE)
-        send(entry.payload, _LAST)
+        sock = self._socket  # as in send(), for a buffered entry
+        _send(sock, entry.topic, _MORE)
+        _send(sock, entry.header, _MORE)
+        _send(sock, entry.payload, _LAST)
 
     def _flush_in_background(self) -> None:
         while not self._closed:
@@ -275,7 +280,7 @@ class Publisher:
                 self._send_frames(entry)
                 box.was_sent()
         except zmq.Again:
-            pass
+            self._retry_at = _monotonic() + _RETRY_INTERVAL
         except zmq.ZMQError as exc:
             self._trouble(exc)
 
