@@ -106,11 +106,15 @@ def _playbook(figure: dict, ax) -> None:
 
 def _memory(figure: dict, ax) -> None:
     data = figure["data"]
-    points = ("start", "warm", "half", "end", "flushed", "trimmed")
     for key, colour in (("history_on", "#4c72b0"), ("history_off", "#dd8452")):
         if key in data:
-            ax.plot(points, [data[key]["rss_kib"][p] / 1024 for p in points], marker="o", color=colour,
+            curve = data[key]["curve_rss_kib"]  # (calls made, VmRSS) after every tenth of the calls
+            ax.plot([calls for calls, _ in curve], [kib / 1024 for _, kib in curve], marker="o", color=colour,
                     label=key.replace("_", " "))
+            for point, marker in (("flushed", "s"), ("trimmed", "v")):  # after the calls: flush, then malloc_trim
+                ax.plot([curve[-1][0]], [data[key]["rss_kib"][point] / 1024], marker=marker, color=colour,
+                        linestyle="none", label=f"{key.replace('_', ' ')}, {point}")
+    ax.set_xlabel("event_handler calls made")
     ax.set_ylabel("VmRSS MiB")
     ax.legend()
     ax.grid(alpha=0.3)

@@ -101,6 +101,7 @@ class Outbox:
         self.limit = max_message_size
         self.count = 0     # entries in all streams, sent and unsent
         self.size = 0      # their payload bytes
+        self.freed = 0     # payload bytes let go since the Publisher last handed memory back (it resets this)
         self.waiting = 0   # of which unsent
         self.subscribed = False
         self.retaining = False
@@ -359,6 +360,7 @@ class Outbox:
     def _shrink_by(self, entry: Entry) -> None:
         self.count -= 1
         self.size -= len(entry.payload)
+        self.freed += len(entry.payload)
 
     def _warn_once(self, key: tuple, message: str) -> None:
         if key in self._warned or len(self._warned) >= _MAX_WARNINGS:

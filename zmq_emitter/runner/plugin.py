@@ -72,6 +72,10 @@ _HANDSHAKE_FAILED = {zmq.EVENT_HANDSHAKE_FAILED_AUTH: "refused this runner's CUR
 _HANDSHAKE_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                      | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 _MAX_BACKOFF = 30.0  # seconds between attempts to a broker that refused the handshake, at most
+# Kept messages, freed when acknowledged while new ones come, leave glibc's heap in pieces it does not give
+# back (a process making 1,000,000 calls at full speed grew to ~700 MiB for a buffer of at most 64 MiB, 40 MiB
+# after malloc_trim): the flush thread hands freed memory back each time this many payload bytes were let go.
+_TRIM_AFTER = 32 * 2**20
 _entry = tuple.__new__  # Entry(...) without NamedTuple's Python-level __new__: half the cost on the hot path
 
 
@@ -260,6 +264,11 @@ class Publisher:
                 self._watch_handshakes()
                 if self._outbox.settled:
                     self._buffered.clear()
+                trim = self._outbox.freed >= _TRIM_AFTER
+                if trim:
+                    self._outbox.freed = 0
+            if trim:
+                _malloc_trim(0)  # outside the lock: the hot path goes on meanwhile
             time.sleep(_POLL_INTERVAL)
 
     def _keep(self, entry: Entry) -> None:
@@ -461,6 +470,18 @@ class Publisher:
             self._handshakes.close(0)
         self._socket.close(linger=0)
         self._context.term()
+
+
+def _find_malloc_trim() -> Callable[[int], Any]:
+    """glibc's malloc_trim (hands free heap pages back to the OS), or a no-op where there is none (musl, macOS)."""
+    try:
+        import ctypes
+        return ctypes.CDLL(None).malloc_trim  # a ctypes call releases the GIL while it runs
+    except (OSError, AttributeError):
+        return lambda pad: 0
+
+
+_malloc_trim = _find_malloc_trim()
 
 
 def _say(message: str) -> None:
