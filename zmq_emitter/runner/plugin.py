@@ -74,8 +74,10 @@ _HANDSHAKE_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_
 _MAX_BACKOFF = 30.0  # seconds between attempts to a broker that refused the handshake, at most
 # Kept messages, freed when acknowledged while new ones come, leave glibc's heap in pieces it does not give
 # back (a process making 1,000,000 calls at full speed grew to ~700 MiB for a buffer of at most 64 MiB, 40 MiB
-# after malloc_trim): the flush thread hands freed memory back each time this many payload bytes were let go.
-_TRIM_AFTER = 32 * 2**20
+# after malloc_trim): the flush thread hands freed memory back each time this many payload bytes were let go,
+# at most every _TRIM_INTERVAL seconds (each trim walks the heap: ~1 ms for a small one).
+_TRIM_AFTER = 8 * 2**20
+_TRIM_INTERVAL = 0.05
 _entry = tuple.__new__  # Entry(...) without NamedTuple's Python-level __new__: half the cost on the hot path
 
 
@@ -97,6 +99,7 @@ class Publisher:
                               max_message_size=config.max_message_size, warn=_say)
         self._next_poll = 0.0
         self._retry_at = 0.0  # the socket refused a send: the hot path only buffers until then
+        self._trim_at = 0.0  # the flush thread hands freed memory back no sooner than this
         self._closed = False
         self._troubles: set = set()  # socket errors said once
         self._awaiting_broker = False  # at exit: a broker that acknowledged before was away
@@ -264,9 +267,10 @@ class Publisher:
                 self._watch_handshakes()
                 if self._outbox.settled:
                     self._buffered.clear()
-                trim = self._outbox.freed >= _TRIM_AFTER
+                now = time.monotonic()
+                trim = self._outbox.freed >= _TRIM_AFTER and now >= self._trim_at
                 if trim:
-                    self._outbox.freed = 0
+                    self._outbox.freed, self._trim_at = 0, now + _TRIM_INTERVAL
             if trim:
                 _malloc_trim(0)  # outside the lock: the hot path goes on meanwhile
             time.sleep(_POLL_INTERVAL)
