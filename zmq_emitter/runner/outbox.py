@@ -185,8 +185,7 @@ class Outbox:
         if self.retaining:
             stream.sent.append(entry)
         else:
-            self.count -= 1
-            self.size -= len(entry.payload)
+            self._shrink_by(entry)
 
     def adopt(self, pub: str, entries: Iterable[Entry], last: int) -> Stream:
         """Take over another publisher's messages (from the spool), to send before our own."""

@@ -259,6 +259,7 @@ class Publisher:
             self._buffered.wait()
             if self._closed:
                 return
+            self._hand_memory_back()
             with self._lock:
                 if self._closed:
                     return
@@ -267,13 +268,15 @@ class Publisher:
                 self._watch_handshakes()
                 if self._outbox.settled:
                     self._buffered.clear()
-                now = time.monotonic()
-                trim = self._outbox.freed >= _TRIM_AFTER and now >= self._trim_at
-                if trim:
-                    self._outbox.freed, self._trim_at = 0, now + _TRIM_INTERVAL
-            if trim:
-                _malloc_trim(0)  # outside the lock: the hot path goes on meanwhile
             time.sleep(_POLL_INTERVAL)
+
+    def _hand_memory_back(self) -> None:
+        """malloc_trim once enough was freed; without the lock, which handlers sending at full speed may hold
+        for long stretches (a count read or reset a little off is harmless: it only moves the next trim)."""
+        box, now = self._outbox, time.monotonic()
+        if box.freed >= _TRIM_AFTER and now >= self._trim_at:
+            box.freed, self._trim_at = 0, now + _TRIM_INTERVAL
+            _malloc_trim(0)
 
     def _keep(self, entry: Entry) -> None:
         box = self._outbox
