@@ -20,6 +20,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
+if __package__ in (None, ""):
+    sys.path.insert(0, str(HERE.parent))
+
+from benchmarks import hotpath  # noqa: E402
+
 
 def _bars(ax, labels: list[str], values: list[float], lows: list[float], highs: list[float], target: float | None,
           xlabel: str) -> None:
@@ -41,8 +46,7 @@ def _hotpath(figure: dict, ax) -> None:
     for key, d in data.items():
         if not key.startswith("plugin_"):
             continue
-        codec = key[len("plugin_"):].split(",")[0]
-        floor = data[f"floor_{codec}"]["e2e_per_s"]["median"]
+        floor = data[f"floor_{hotpath.floor_of(key[len('plugin_'):])}"]["e2e_per_s"]["median"]
         labels.append(key[len("plugin_"):])
         values.append(d["e2e_per_s"]["median"] / floor)
         lows.append(d["e2e_per_s"]["min"] / floor)
@@ -102,11 +106,15 @@ def _playbook(figure: dict, ax) -> None:
 
 def _memory(figure: dict, ax) -> None:
     data = figure["data"]
-    points = ("start", "warm", "half", "end", "flushed", "trimmed")
     for key, colour in (("history_on", "#4c72b0"), ("history_off", "#dd8452")):
         if key in data:
-            ax.plot(points, [data[key]["rss_kib"][p] / 1024 for p in points], marker="o", color=colour,
+            curve = data[key]["curve_rss_kib"]  # (calls made, VmRSS) after every tenth of the calls
+            ax.plot([calls for calls, _ in curve], [kib / 1024 for _, kib in curve], marker="o", color=colour,
                     label=key.replace("_", " "))
+            for point, marker in (("flushed", "s"), ("trimmed", "v")):  # after the calls: flush, then malloc_trim
+                ax.plot([curve[-1][0]], [data[key]["rss_kib"][point] / 1024], marker=marker, color=colour,
+                        linestyle="none", label=f"{key.replace('_', ' ')}, {point}")
+    ax.set_xlabel("event_handler calls made")
     ax.set_ylabel("VmRSS MiB")
     ax.legend()
     ax.grid(alpha=0.3)

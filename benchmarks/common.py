@@ -34,6 +34,10 @@ ROOT = HERE.parent
 CACHE = HERE / ".cache"
 PROJECT = HERE / "project"          # the benchmark playbook project
 PLAYBOOK = "bench.yml"
+SMALL_PROJECT = HERE / "project-small"  # the small-event corpus's playbook project
+SMALL_PLAYBOOK = "small.yml"
+SMALL_CORPUS = HERE / "corpus-small.json"  # committed: its events, median ~1 KB
+CORPORA = ("large", "small")
 BIN = Path(sys.executable).parent
 WORKERS = HERE / "workers.py"
 
@@ -96,11 +100,12 @@ def runner_env(**extra: str) -> dict:
     return env
 
 
-def run_playbook(workdir: Path, ident: str, env: dict, scale: int = 1) -> subprocess.CompletedProcess:
-    """``ansible-runner run`` of a fresh copy of the benchmark playbook project in ``workdir``."""
-    project = workdir / f"project-{ident}"
-    shutil.copytree(PROJECT, project)
-    return subprocess.run([str(BIN / "ansible-runner"), "run", str(project), "-p", PLAYBOOK, "--ident", ident,
+def run_playbook(workdir: Path, ident: str, env: dict, scale: int = 1, project: Path = PROJECT,
+                 playbook: str = PLAYBOOK) -> subprocess.CompletedProcess:
+    """``ansible-runner run`` of a fresh copy of a benchmark playbook project in ``workdir``."""
+    copy = workdir / f"project-{ident}"
+    shutil.copytree(project, copy)
+    return subprocess.run([str(BIN / "ansible-runner"), "run", str(copy), "-p", playbook, "--ident", ident,
                            "--cmdline", f"-e scale={scale}"], env=env, capture_output=True, text=True,
                           timeout=300)
 
@@ -120,27 +125,36 @@ def _project_digest() -> str:
     return digest.hexdigest()[:16]
 
 
-def corpus_file() -> Path:
-    """The cached corpus (JSON list of job_events), made by one real run of the benchmark playbook if missing."""
-    cache = CACHE / f"corpus-{_project_digest()}.json"
+def corpus_file(name: str = "large") -> Path:
+    """A corpus (JSON list of job_events) by name (``CORPORA``), made by one real run of its playbook if missing.
+
+    ``large``: benchmarks/project's bench.yml, cached in benchmarks/.cache/ (keyed by the project's contents);
+    ``small``: benchmarks/project-small's small.yml, committed as benchmarks/corpus-small.json.
+    """
+    if name == "small":
+        cache, project, playbook = SMALL_CORPUS, SMALL_PROJECT, SMALL_PLAYBOOK
+    elif name == "large":
+        cache, project, playbook = CACHE / f"corpus-{_project_digest()}.json", PROJECT, PLAYBOOK
+    else:
+        raise ValueError(f"unknown corpus {name!r}; accepted: {', '.join(CORPORA)}")
     if cache.exists():
         return cache
     with tempfile.TemporaryDirectory(prefix="zmq-bench-corpus-") as tmp:
-        result = run_playbook(Path(tmp), "corpus", runner_env())
+        result = run_playbook(Path(tmp), "corpus", runner_env(), project=project, playbook=playbook)
         if result.returncode != 0:
             raise RuntimeError(f"the corpus run failed ({result.returncode}): {result.stdout[-2000:]}"
                                f"{result.stderr[-2000:]}")
         events = job_events(Path(tmp), "corpus")
-    CACHE.mkdir(exist_ok=True)
+    cache.parent.mkdir(exist_ok=True)
     partial = cache.with_suffix(".tmp")
-    partial.write_text(json.dumps(events))
+    partial.write_text(json.dumps(events, indent=None if name == "large" else 0))
     partial.rename(cache)
     return cache
 
 
-def load_corpus() -> list[dict]:
-    """The job_events of one real run of the benchmark playbook, in order."""
-    return json.loads(corpus_file().read_bytes())
+def load_corpus(name: str = "large") -> list[dict]:
+    """The job_events of one real run of a benchmark playbook (``corpus_file``), in order."""
+    return json.loads(corpus_file(name).read_bytes())
 
 
 def corpus_stats(corpus: list[dict]) -> dict:

@@ -16,6 +16,7 @@ from __future__ import annotations
 from . import common
 
 POINTS = ("start", "warm", "half", "end", "flushed", "trimmed")
+STEPS = 10  # RSS read after every tenth of the calls
 
 
 def _one(corpus_path, calls: int, codec: str, history: bool) -> dict:
@@ -25,15 +26,19 @@ def _one(corpus_path, calls: int, codec: str, history: bool) -> dict:
         rss = {"start": worker.ready["rss_kib"]}
         common.connect_through(lambda: worker.call("calls", 1), [sub])
         rss["warm"] = worker.call("calls", 1000)["rss_kib"]
-        half = worker.call("calls", calls // 2)
-        end = worker.call("calls", calls - calls // 2)
-        rss["half"], rss["end"] = half["rss_kib"], end["rss_kib"]
+        # Ten steps: the curve over the calls (charts.py draws it); halfway and the end are two of its points.
+        curve, seconds, done = [(0, rss["warm"])], 0.0, 0
+        for step in range(1, STEPS + 1):
+            answer = worker.call("calls", calls * step // STEPS - done)
+            done, seconds = calls * step // STEPS, seconds + answer["seconds"]
+            curve.append((done, answer["rss_kib"]))
+        rss["half"], rss["end"] = curve[STEPS // 2][1], curve[-1][1]
         flushed = worker.call("flush")
         rss["flushed"] = flushed["rss_kib"]
         rss["trimmed"] = worker.call("trim")["rss_kib"]
         sent = 1000 + calls  # since the connection check
         received = sub.call("wait", sent, 10)["counts"][0]
-    return {"rss_kib": rss, "calls_per_s": calls / (half["seconds"] + end["seconds"]), "sent": sent,
+    return {"rss_kib": rss, "curve_rss_kib": curve, "calls_per_s": calls / seconds, "sent": sent,
             "received": received, "plugin_dropped": flushed["plugin_dropped"],
             "growth_kib": rss["end"] - rss["warm"], "growth_second_half_kib": rss["end"] - rss["half"]}
 

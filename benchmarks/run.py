@@ -98,11 +98,13 @@ def main(argv: list[str] | None = None) -> int:
     corpus_path = str(common.corpus_file())
     report = {"command": " ".join(["benchmarks/run.py", *(sys.argv[1:] if argv is None else argv)]),
               "quick": args.quick, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": common.machine(),
-              "corpus": common.corpus_stats(corpus), "figures": {}}
-    print(f"machine: {report['machine']}\ncorpus: {report['corpus']}\n", flush=True)
+              "corpus": common.corpus_stats(corpus),
+              "corpus_small": common.corpus_stats(common.load_corpus("small")), "figures": {}}
+    print(f"machine: {report['machine']}\ncorpus: {report['corpus']}\nsmall-event corpus: {report['corpus_small']}\n",
+          flush=True)
 
     runners = {
-        "hotpath": lambda: hotpath.run(corpus, reps, size["hotpath_n"]),
+        "hotpath": lambda: hotpath.run(corpus, reps, size["hotpath_n"], small=common.load_corpus("small")),
         "peers": lambda: peers.run(corpus, reps, size["peers_fast"], size["peers_slow"]),
         "fanout": lambda: fanout.run(corpus_path, args.reps or size["fanout_reps"], size["fanout_n"],
                                      size["fanout_rate"], size["fanout_seconds"]),

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import msgpack
 import orjson
@@ -251,8 +251,7 @@ def decode(frames: list[bytes]) -> Message:
 # Envelope: topic and header without decoding the payload (for the broker's history)
 
 
-@dataclasses.dataclass(frozen=True)
-class Envelope:
+class Envelope(NamedTuple):
     kind: str
     ident: str
     name: str
@@ -264,6 +263,54 @@ def envelope(frames: list[bytes]) -> Envelope:
     """Topic and header of a message, checked as ``decode`` checks them; the payload is left alone."""
     kind, ident, name, _codec, publisher, seq = _head(frames)
     return Envelope(kind, ident, name, publisher, seq)
+
+
+_MAX_SEQ_DIGITS = 18  # below 2**63: what orjson reads as an int too
+_tuple_new = tuple.__new__
+
+
+class EnvelopeReader:
+    """``envelope`` for a stream of messages, remembering what repeats: the broker's history reads one per message.
+
+    A topic (``event/<ident>/<name>``) repeats for every event of that name in a run, and a
+    header is its publisher's ``header_prefix`` followed by ``<seq>}``; both are checked once
+    by ``envelope`` and then known by their bytes.  Anything else (another key order, extra
+    keys, a new topic) takes the full check, so the result and the errors are ``envelope``'s.
+
+    >>> read = EnvelopeReader()
+    >>> read([b"status/run-1/running", header_prefix("json", "p1") + b"7}", b"{}"])
+    Envelope(kind='status', ident='run-1', name='running', publisher='p1', seq=7)
+    """
+
+    def __init__(self, remembered: int = 4096):
+        self._remembered = remembered
+        self._topics: dict[bytes, tuple[str, str, str]] = {}
+        self._prefixes: dict[bytes, str] = {}  # a publisher's header_prefix -> its id
+
+    def __call__(self, frames: list[bytes]) -> Envelope:
+        if len(frames) != 3:
+            return self._learn(frames)
+        header = frames[1]
+        cut = header.rfind(b'"seq":') + 6
+        digits = header[cut:-1]
+        parts = self._topics.get(frames[0])
+        publisher = self._prefixes.get(header[:cut])
+        if (parts is None or publisher is None or header[-1:] != b"}" or not digits.isdigit()
+                or digits[:1] == b"0" or len(digits) > _MAX_SEQ_DIGITS):
+            return self._learn(frames)
+        return _tuple_new(Envelope, (*parts, publisher, int(digits)))  # (NamedTuple's own __new__ is Python)
+
+    def _learn(self, frames: list[bytes]) -> Envelope:
+        kind, ident, name, codec, publisher, seq = _head(frames)  # raises ProtocolError on anything invalid
+        if len(self._topics) >= self._remembered:
+            self._topics.clear()
+        if len(self._prefixes) >= self._remembered:
+            self._prefixes.clear()
+        self._topics[bytes(frames[0])] = (kind, ident, name)
+        prefix = header_prefix(codec, publisher)
+        if bytes(frames[1]).startswith(prefix):  # the canonical header: later ones differ only in their seq
+            self._prefixes[prefix] = publisher
+        return Envelope(kind, ident, name, publisher, seq)
 
 
 # ----------------------------------------------------------------------------------------

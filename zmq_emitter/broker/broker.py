@@ -452,24 +452,45 @@ class Broker:
         if upstream is not None:
             poller.register(upstream.socket, zmq.POLLIN)
 
+        read_envelope = protocol.EnvelopeReader()  # topics and header prefixes checked once, then known
+        # pyzmq's recv_multipart asks RCVMORE with an enum lookup per frame (~1.5 us each); a Frame's
+        # ``more`` is free, and the Cython layer's recv skips the Python wrapper.
+        recv, nowait = zmq.backend.Socket.recv, int(zmq.NOBLOCK)
+
         def record(batch: int | None) -> None:
-            """Record captured copies: ``batch`` of them at most, or all there are (None)."""
-            count = 0
-            while batch is None or count < batch:
-                try:
-                    frames = captured.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
-                    return
-                count += 1
-                if len(frames) != 3:
-                    continue  # subscriptions and acknowledgements travel through the proxy too
-                try:
-                    env = protocol.envelope(frames)
-                except protocol.ProtocolError:
-                    continue
-                if history.add(env, frames):
-                    heard.add(env.publisher)
-                acknowledgements.heard(env.publisher)
+            """Record captured copies: ``batch`` of them at most, or all there are (None).
+
+            Per message: three receives, the envelope (a dict look-up or two), ``History.add``.
+            One clock read and one hand-over to the acknowledgements per batch.
+            """
+            count, received, publishers = 0, time.time(), set()
+            try:
+                while batch is None or count < batch:
+                    count += 1
+                    topic = recv(captured, nowait, copy=False)
+                    if not topic.more:
+                        continue  # subscriptions and acknowledgements travel through the proxy too
+                    header = recv(captured, nowait, copy=False)
+                    if not header.more:
+                        continue
+                    payload = recv(captured, nowait, copy=False)
+                    if payload.more:  # not a protocol message: skip the rest of it
+                        while recv(captured, nowait, copy=False).more:
+                            pass
+                        continue
+                    frames = [topic.bytes, header.bytes, payload.bytes]
+                    try:
+                        env = read_envelope(frames)
+                    except protocol.ProtocolError:
+                        continue
+                    if history.add(env, frames, received):
+                        heard.add(env.publisher)
+                    publishers.add(env.publisher)
+            except zmq.Again:
+                pass
+            finally:
+                for publisher in publishers:
+                    acknowledgements.heard(publisher)
 
         acks_sent = resend_requests = 0
         snapshot_at = 0.0

@@ -175,9 +175,13 @@ SETTINGS = (
             "ZeroMQ send high-water mark: messages queued in libzmq per peer before the plugin's own buffer takes over."),
     Setting("linger", _whole(0, C_INT_MAX), 1000, f"milliseconds, 0 to {C_INT_MAX}",
             "At process exit, how long to wait for queued messages to be delivered (and acknowledged)."),
-    Setting("buffer_messages", _whole(1), 10000, "a whole number, 1 or more",
+    # 100000: the bytes bound is the one that holds for events of ~700 B and more; the count leaves a broker's
+    # history room to lag through a burst of small events (it catches up when the burst ends) without the
+    # plugin pushing out what the broker has but did not acknowledge yet.
+    Setting("buffer_messages", _whole(1), 100000, "a whole number, 1 or more",
             "The plugin's buffer (messages not sent yet, or sent but not acknowledged by the broker): at most this "
-            "many; what it pushes out is counted and reported."),
+            "many (for events of ~700 B and more runner_zmq_buffer_bytes binds first); what it pushes out is counted "
+            "and reported."),
     Setting("buffer_bytes", _whole(1), 64 * 2**20, "bytes, 1 or more",
             "The same buffer's bound in payload bytes."),
     Setting("max_message_size", _message_size, DEFAULT_MAX_MESSAGE_SIZE, f"bytes, at least {MIN_MESSAGE_SIZE}",
@@ -240,7 +244,7 @@ class Config:
     codec: str = "json"
     sndhwm: int = 1000
     linger: int = 1000
-    buffer_messages: int = 10000
+    buffer_messages: int = 100000
     buffer_bytes: int = 64 * 2**20
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     reconnect_wait: int = 5000

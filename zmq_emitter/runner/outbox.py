@@ -101,6 +101,7 @@ class Outbox:
         self.limit = max_message_size
         self.count = 0     # entries in all streams, sent and unsent
         self.size = 0      # their payload bytes
+        self.freed = 0     # payload bytes let go since the Publisher last handed memory back (it resets this)
         self.waiting = 0   # of which unsent
         self.subscribed = False
         self.retaining = False
@@ -157,11 +158,11 @@ class Outbox:
         True if the outbox was settled before (the Publisher wakes its flush thread).
         """
         self.own.sent.append(entry)
-        self.count += 1
-        self.size += len(entry.payload)
-        if self.count > self.max_messages or self.size > self.max_bytes:
+        count = self.count = self.count + 1
+        size = self.size = self.size + len(entry[3])  # (a NamedTuple's field by name is a Python-level property)
+        if count > self.max_messages or size > self.max_bytes:
             self._push_out()
-        return self.count == 1
+        return count == 1
 
     def cut(self, entry: Entry) -> Entry | None:
         """Our own ``entry``, whose payload is over ``limit``, as it may be sent (None: not at all, dropped)."""
@@ -184,8 +185,7 @@ class Outbox:
         if self.retaining:
             stream.sent.append(entry)
         else:
-            self.count -= 1
-            self.size -= len(entry.payload)
+            self._shrink_by(entry)
 
     def adopt(self, pub: str, entries: Iterable[Entry], last: int) -> Stream:
         """Take over another publisher's messages (from the spool), to send before our own."""
@@ -359,6 +359,7 @@ class Outbox:
     def _shrink_by(self, entry: Entry) -> None:
         self.count -= 1
         self.size -= len(entry.payload)
+        self.freed += len(entry.payload)
 
     def _warn_once(self, key: tuple, message: str) -> None:
         if key in self._warned or len(self._warned) >= _MAX_WARNINGS:
