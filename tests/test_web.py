@@ -425,6 +425,8 @@ def test_listening_beyond_loopback_needs_a_token_or_basic_auth(tmp_path):
         assert "s3cret-token" not in cookie
         assert _get(base + "api/runs", {"Cookie": cookie})[0] == 200
         assert _get(base + "?token=wrong")[0] == 401
+        status, headers, _ = _get(base + "/evil.example/x?token=s3cret-token")  # //evil.example: another site
+        assert status == 303 and headers["location"] == "/evil.example/x"  # a path of this server
     finally:
         web.stop()
 
@@ -504,7 +506,8 @@ def test_web_refuses_a_missing_token_file_and_a_malformed_basic_auth_file_with_a
     (tmp_path / "basic").write_text("no-colon-here\n")
     for option, path, expected in (("--token-file", tmp_path / "absent", "cannot be read"),
                                    ("--basic-auth-file", tmp_path / "basic", "expected one line USER:PASSWORD"),
-                                   ("--listen", "nowhere", "expected HOST:PORT")):
+                                   ("--listen", "nowhere", "expected HOST:PORT"),
+                                   ("--listen", "::1", "an IPv6 address in brackets")):  # not host ':', port 1
         result = subprocess.run([str(BIN / "zmq-emitter"), "web", "--history", "none", option, str(path)],
                                 capture_output=True, text=True, timeout=30, env=runner_env())
         assert result.returncode == 2 and expected in result.stderr and "Traceback" not in result.stderr, result.stderr
