@@ -472,6 +472,20 @@ def test_the_run_model_holds_at_most_max_events_and_goes_on_from_exactly_a_curso
     assert parse_cursor("<script>,a.b,c.-1,\u00e9.1") == {}  # anything else a client sends is ignored
 
 
+def test_the_run_model_takes_at_most_64_publishers_of_a_run_and_counts_what_it_leaves_out():
+    # Each publisher of a run is a part of every cursor of its stream: forged ids would make those grow without bound.
+    from zmq_emitter.consumers.web.model import Runs, format_cursor
+    runs = Runs()
+    for n in range(100):
+        runs.add(_msg(1, pub=f"{n:016x}", stdout=f"from {n}"), now=0.0)
+    run = runs.get("run")
+    assert (len(run.publishers), run.left_out, run.event_count) == (64, 36, 64)
+    assert run.summary()["left_out"] == 36 and len(runs.publishers) == 64
+    assert len(format_cursor({r.pub: r.seq for _, r in run.after({})})) < 64 * 40
+    runs.add(_msg(2, pub=f"{0:016x}", stdout="the first goes on"), now=0.0)
+    assert run.event_count == 65
+
+
 def test_the_run_model_keeps_at_most_max_runs_the_least_recently_active_finished_ones_going_first():
     from zmq_emitter.consumers.web.model import Runs
     runs = Runs(max_runs=2)

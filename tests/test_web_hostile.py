@@ -150,3 +150,24 @@ def test_a_stream_message_holds_about_256_kib_however_big_the_events(hostile):
     batches = [json.loads(data) for fields, data in messages if fields["event"] == "events"]
     assert [e["c"] for batch in batches for e in batch] == list(range(1, 11))  # all, once, in order
     assert max(len(batch) for batch in batches) == 2  # 2 x 200 KiB: the 256 KiB reached, the rest in the next
+
+
+def test_beyond_max_connections_a_request_gets_503_at_once_and_the_server_goes_on(tmp_path):
+    # Unbounded, 1100 open streams (under the usual ulimit -n 1024) left it unable to accept any connection.
+    web = WebProcess(f"ipc://{tmp_path}/backend", None, "--max-connections", "8")
+    host, port = web.listen.rsplit(":", 1)
+    pages = []
+    try:
+        for _ in range(10):  # pages that hold a stream and never read it
+            page = socket.create_connection((host, int(port)))
+            page.sendall(b"GET /api/runs/stream HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            pages.append(page)
+        wait_until(lambda: _get(web.url + "api/runs")[0] == 503, 30, message="a 503 beyond 8 connections")
+        for page in pages:
+            page.close()
+        wait_until(lambda: _get(web.url + "api/runs")[0] == 200, 30, message="the server answering again")
+        assert web.proc.poll() is None
+    finally:
+        for page in pages:
+            page.close()
+        web.stop()

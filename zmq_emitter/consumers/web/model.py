@@ -42,6 +42,10 @@ _STATS = {"ok": "ok", "changed": "changed", "failures": "failed", "dark": "unrea
 _HIGHLIGHTED = {"runner_on_failed", "runner_item_on_failed", "runner_on_unreachable", "runner_on_async_failed"}
 _MAX_FAILURES = 200  # failures listed per run (the host table counts them all)
 _MAX_HOSTS = 10_000  # hosts counted per run (a publisher could name any number)
+# Publishers per run: a run is one ansible-runner process, one publisher (a few with a resend after a restart). Each
+# one is a part of every cursor this run's stream sends and a page sends back; messages of any more are left out
+# (counted in Run.left_out, shown on the page), so that forged publisher ids cannot grow them without bound.
+MAX_PUBLISHERS = 64
 _MAX_TEXT = 4000  # a message or task name is cut to this many characters for the page
 _CURSOR_PUB = re.compile(r"[0-9A-Za-z_-]{1,64}")
 _CURSOR_PART = re.compile(r"([0-9A-Za-z_-]{1,64})\.(\d{1,19})")
@@ -71,8 +75,8 @@ def host_outcome(counts: dict[str, int]) -> str:
 
 def pub_key(publisher: str) -> str:
     """A publisher's name in cursors, event keys and URLs: its id when plain (letters, digits, - and _, as a runner's
-    hex ids are), else a
-    digest of it, so that no publisher id (any text, off the network) can break an SSE line or a URL.
+    hex ids are), else a digest of it, so that no publisher id (any text, off the network) can break an SSE line
+    or a URL.
 
     >>> pub_key("9f86d081884c7d65"), pub_key("a.b")
     ('9f86d081884c7d65', 'x4eb68d4d2828008e')
@@ -139,7 +143,8 @@ class Run:
         self.bytes = 0
         self.max_events, self.max_bytes = max_events, max_bytes
         self.positions: dict[str, int] = {}
-        self.publishers: set[str] = set()  # every publisher of its messages, statuses too
+        self.publishers: set[str] = set()  # every publisher of its messages, statuses too (MAX_PUBLISHERS at most)
+        self.left_out = 0  # messages of publishers beyond MAX_PUBLISHERS
         self.version = 0  # grows with every change: streams send what changed since the version they sent
 
     @property
@@ -233,7 +238,8 @@ class Run:
         return {"ident": self.ident, "status": self.status or "unknown", "playbook": self.playbook,
                 "started": self.started, "ended": self.ended, "first_seen": self.first_seen,
                 "last_seen": self.last_seen, "ended_at": self.ended_at, "hosts": by_outcome,
-                "events": self.event_count, "dropped": self.dropped, "gaps": sum(g["count"] for g in self.gaps)}
+                "events": self.event_count, "dropped": self.dropped, "gaps": sum(g["count"] for g in self.gaps),
+                "left_out": self.left_out}
 
     def detail(self) -> dict:
         """The run page's head: the summary, the host table, failures and gaps."""
@@ -267,13 +273,16 @@ class Runs:
         if run is None:
             run = self.runs[msg.ident] = Run(msg.ident, now, self.max_events, self.max_bytes)
             self._bound()
-        self.publishers.setdefault(msg.publisher, set()).add(msg.ident)
-        run.publishers.add(msg.publisher)
         run.last_seen = now
-        if msg.kind == "status":
-            run.status_message(msg.name, now)
+        if msg.publisher not in run.publishers and len(run.publishers) >= MAX_PUBLISHERS:
+            run.left_out += 1
         else:
-            run.event_message(msg)
+            self.publishers.setdefault(msg.publisher, set()).add(msg.ident)
+            run.publishers.add(msg.publisher)
+            if msg.kind == "status":
+                run.status_message(msg.name, now)
+            else:
+                run.event_message(msg)
         run.version += 1
         self.version += 1
         return run

@@ -27,6 +27,7 @@ import dataclasses
 import hashlib
 import hmac
 import ipaddress
+import resource
 import signal
 import socket
 import sys
@@ -67,6 +68,7 @@ BATCH_BYTES = 256 << 10
 KEEPALIVE_SECONDS = 15.0
 REPLAY_RETRY_SECONDS = 5.0
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+FILES_BESIDES_CONNECTIONS = 64  # the subscriber's sockets, static files being sent, the listening socket
 
 class WebError(ValueError):
     """An option the server cannot use; the message names it, the value and what is accepted."""
@@ -86,6 +88,7 @@ class Options:
     max_runs: int = 200
     max_events: int = 50_000
     max_run_bytes: int = 256 << 20
+    max_connections: int = 500
 
 
 def listen_address(listen: str) -> tuple[str, int]:
@@ -215,6 +218,19 @@ class Guard:
                 return await PlainTextResponse("authentication required (docs/web.md)", 401,
                                                headers=challenge)(scope, receive, send_secured)
         await self.app(scope, receive, send_secured)
+
+
+def _files_for(connections: int) -> None:
+    """Raise this process's limit of open files (ulimit -n) to what ``connections`` need, if it may."""
+    need = connections + FILES_BESIDES_CONNECTIONS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return
+    if hard != resource.RLIM_INFINITY and hard < need:
+        raise WebError(f"--max-connections {connections}: this process may open {hard} files (ulimit -n), and "
+                       f"needs {FILES_BESIDES_CONNECTIONS} besides its connections: give at most "
+                       f"{max(1, hard - FILES_BESIDES_CONNECTIONS)}, or raise the limit")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
 
 
 def _loopback_host(host_header: str) -> bool:
@@ -418,6 +434,7 @@ def serve(options: Options, say: Callable[[str], None] = lambda line: print(line
         raise WebError(f"--listen {options.listen!r} is not a loopback address: anyone who can reach it would see "
                        f"every run; give --token-file FILE or --basic-auth-file FILE (or {TOKEN_ENV} / "
                        f"{BASIC_AUTH_ENV}), or listen on 127.0.0.1 (docs/web.md)")
+    _files_for(options.max_connections)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -435,5 +452,8 @@ def serve(options: Options, say: Callable[[str], None] = lambda line: print(line
     say(f"zmq-emitter web: serving http://{shown}:{bound}/ ; runs from {', '.join(options.endpoints)}"
         + (f", history {', '.join(options.history)}" if options.history else ", no history")
         + ("; authentication required" if auth.required else ""))
-    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=1, lifespan="on")
+    # Beyond max_connections a request gets a 503 at once, rather than the process running out of files: then it
+    # could accept nothing more, not even the page of someone who had nothing to do with the flood.
+    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=1, lifespan="on",
+                            limit_concurrency=options.max_connections)
     uvicorn.Server(config).run(sockets=[sock])

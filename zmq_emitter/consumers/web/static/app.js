@@ -159,6 +159,7 @@ function runPage(ident) {
       h('span', { class: 'msg', text: f.msg }))));
     const lines = [];
     if (run.dropped) lines.push(`The server no longer holds the first ${run.dropped} events of this run.`);
+    if (run.left_out) lines.push(`${run.left_out} message(s) of publishers beyond this run's first 64 were left out.`);
     if (run.gaps) lines.push(`${run.gaps} message(s) of this run's publisher(s) were lost for good (not in the broker's history).`);
     notes.replaceChildren(...lines.map((text) => h('p', { class: 'gap', text })));
   };
