@@ -164,6 +164,22 @@ def test_ansi_converter_makes_colour_classes_and_drops_every_other_escape(browse
 
 
 @needs_browser
+def test_a_page_holds_a_bounded_number_of_events_and_still_tells_a_repeat(browser, bus):
+    # A page open on a long run kept every event it was ever sent; the server holds only --max-events of them.
+    browser.open(bus[1].url)
+    held, first, last, repeat, index = browser.driver.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        import('/static/events.js').then(({EventLog}) => {
+          const log = new EventLog(100, 10);
+          for (let i = 0; i < 1000; i++) log.add({k: `p.${i}`});
+          done([log.kept.length, log.get(0), log.get(999).k, log.add({k: 'p.999'}), log.indexOf('p.950')]);
+        });
+    """)
+    assert 100 <= held <= 110 and first is None and last == "p.999"
+    assert repeat == -1 and index == 950  # indexes stay what they were (the output view's lines name them)
+
+
+@needs_browser
 def test_a_run_appears_on_the_runs_list_while_it_runs(browser, bus, project, shots):
     broker, web = bus
     browser.open(web.url)
