@@ -171,3 +171,13 @@ def test_beyond_max_connections_a_request_gets_503_at_once_and_the_server_goes_o
         for page in pages:
             page.close()
         web.stop()
+
+
+@pytest.mark.parametrize("package", ["uvicorn", "starlette"])
+def test_web_without_its_extra_names_the_missing_package_and_the_fix(package):
+    script = (f"import sys; sys.modules[{package!r}] = None; sys.argv = ['zmq-emitter', 'web', '--history', 'none']; "
+              "from zmq_emitter.cli import main; main()")
+    result = subprocess.run([str(BIN / "python"), "-c", script], capture_output=True, text=True, timeout=30,
+                            env=runner_env())
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+    assert f"web: {package} is not installed: pip install 'ansible-runner-zmq[web]'" in result.stderr

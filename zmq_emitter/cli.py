@@ -298,7 +298,7 @@ def web(
     try:
         from .consumers.web import server as web_module
     except ImportError as exc:
-        _fail(f"web: {exc.name} is not installed: pip install 'ansible-runner-zmq[web]'")
+        _fail(f"web: {(exc.name or 'a module').split('.')[0]} is not installed: pip install 'ansible-runner-zmq[web]'")
     endpoints = _split(connect)
     for endpoint in endpoints:
         problem = check_endpoint(endpoint, bind=False)

@@ -37,6 +37,7 @@ from typing import Callable
 from urllib.parse import parse_qs, urlencode
 
 import orjson
+import uvicorn  # (here, not in serve: the command's import of this module names a missing web extra)
 from starlette.applications import Starlette
 from starlette.datastructures import Headers
 from starlette.requests import Request
@@ -425,8 +426,6 @@ def _stream(body) -> StreamingResponse:
 def serve(options: Options, say: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
           ) -> None:
     """Serve until interrupted (Ctrl-C, SIGTERM).  Raises ``WebError`` for options it cannot use."""
-    import uvicorn
-
     host, port = listen_address(options.listen)
     auth = Auth(options.token, options.basic_auth)
     loopback = is_loopback(host)
