@@ -164,6 +164,22 @@ def test_ansi_converter_makes_colour_classes_and_drops_every_other_escape(browse
 
 
 @needs_browser
+def test_a_page_holds_a_bounded_number_of_events_and_still_tells_a_repeat(browser, bus):
+    # A page open on a long run kept every event it was ever sent; the server holds only --max-events of them.
+    browser.open(bus[1].url)
+    held, first, last, repeat, index = browser.driver.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        import('/static/events.js').then(({EventLog}) => {
+          const log = new EventLog(100, 10);
+          for (let i = 0; i < 1000; i++) log.add({k: `p.${i}`});
+          done([log.kept.length, log.get(0), log.get(999).k, log.add({k: 'p.999'}), log.indexOf('p.950')]);
+        });
+    """)
+    assert 100 <= held <= 110 and first is None and last == "p.999"
+    assert repeat == -1 and index == 950  # indexes stay what they were (the output view's lines name them)
+
+
+@needs_browser
 def test_a_run_appears_on_the_runs_list_while_it_runs(browser, bus, project, shots):
     broker, web = bus
     browser.open(web.url)
@@ -425,6 +441,8 @@ def test_listening_beyond_loopback_needs_a_token_or_basic_auth(tmp_path):
         assert "s3cret-token" not in cookie
         assert _get(base + "api/runs", {"Cookie": cookie})[0] == 200
         assert _get(base + "?token=wrong")[0] == 401
+        status, headers, _ = _get(base + "/evil.example/x?token=s3cret-token")  # //evil.example: another site
+        assert status == 303 and headers["location"] == "/evil.example/x"  # a path of this server
     finally:
         web.stop()
 
@@ -470,6 +488,20 @@ def test_the_run_model_holds_at_most_max_events_and_goes_on_from_exactly_a_curso
     assert parse_cursor("<script>,a.b,c.-1,\u00e9.1") == {}  # anything else a client sends is ignored
 
 
+def test_the_run_model_takes_at_most_64_publishers_of_a_run_and_counts_what_it_leaves_out():
+    # Each publisher of a run is a part of every cursor of its stream: forged ids would make those grow without bound.
+    from zmq_emitter.consumers.web.model import Runs, format_cursor
+    runs = Runs()
+    for n in range(100):
+        runs.add(_msg(1, pub=f"{n:016x}", stdout=f"from {n}"), now=0.0)
+    run = runs.get("run")
+    assert (len(run.publishers), run.left_out, run.event_count) == (64, 36, 64)
+    assert run.summary()["left_out"] == 36 and len(runs.publishers) == 64
+    assert len(format_cursor({r.pub: r.seq for _, r in run.after({})})) < 64 * 40
+    runs.add(_msg(2, pub=f"{0:016x}", stdout="the first goes on"), now=0.0)
+    assert run.event_count == 65
+
+
 def test_the_run_model_keeps_at_most_max_runs_the_least_recently_active_finished_ones_going_first():
     from zmq_emitter.consumers.web.model import Runs
     runs = Runs(max_runs=2)
@@ -504,7 +536,8 @@ def test_web_refuses_a_missing_token_file_and_a_malformed_basic_auth_file_with_a
     (tmp_path / "basic").write_text("no-colon-here\n")
     for option, path, expected in (("--token-file", tmp_path / "absent", "cannot be read"),
                                    ("--basic-auth-file", tmp_path / "basic", "expected one line USER:PASSWORD"),
-                                   ("--listen", "nowhere", "expected HOST:PORT")):
+                                   ("--listen", "nowhere", "expected HOST:PORT"),
+                                   ("--listen", "::1", "an IPv6 address in brackets")):  # not host ':', port 1
         result = subprocess.run([str(BIN / "zmq-emitter"), "web", "--history", "none", option, str(path)],
                                 capture_output=True, text=True, timeout=30, env=runner_env())
         assert result.returncode == 2 and expected in result.stderr and "Traceback" not in result.stderr, result.stderr

@@ -292,6 +292,8 @@ def web(
     max_events: int = typer.Option(50_000, "--max-events", metavar="N", min=100, help="Events held per run (the oldest go first)."),
     max_run_mib: int = typer.Option(256, "--max-run-mib", metavar="MIB", min=1, help="MiB of events held per run (the oldest go "
                                                                          "first)."),
+    max_connections: int = typer.Option(500, "--max-connections", metavar="N", min=1, help="Connections at once (each "
+                                        "open page holds one); beyond them a request gets 503."),
     curve_server_key: Optional[str] = typer.Option(
         None, "--curve-server-key", metavar="KEY", help="The broker's public key (.key file or z85 text): CURVE encryption."),
     curve_secret_key_file: Optional[str] = typer.Option(
@@ -304,7 +306,7 @@ def web(
     try:
         from .consumers.web import server as web_module
     except ImportError as exc:
-        _fail(f"web: {exc.name} is not installed: pip install 'ansible-runner-zmq[web]'")
+        _fail(f"web: {(exc.name or 'a module').split('.')[0]} is not installed: pip install 'ansible-runner-zmq[web]'")
     endpoints = _split(connect)
     for endpoint in endpoints:
         problem = check_endpoint(endpoint, bind=False)
@@ -321,7 +323,7 @@ def web(
         security.ClientCurve.load(curve_server_key, curve_secret_key_file)  # a bad key: said now, not at connect
         options = web_module.Options(tuple(endpoints), tuple(histories) if histories else None, listen, token, basic,
                                      curve_server_key, curve_secret_key_file, max_runs, max_events,
-                                     max_run_mib << 20)
+                                     max_run_mib << 20, max_connections)
         web_module.serve(options)
     except web_module.WebError as exc:
         _fail(f"web: {exc}", 2)

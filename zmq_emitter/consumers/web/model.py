@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
 import itertools
 import re
 from typing import Any, Iterable, Iterator
@@ -41,7 +42,12 @@ _STATS = {"ok": "ok", "changed": "changed", "failures": "failed", "dark": "unrea
 _HIGHLIGHTED = {"runner_on_failed", "runner_item_on_failed", "runner_on_unreachable", "runner_on_async_failed"}
 _MAX_FAILURES = 200  # failures listed per run (the host table counts them all)
 _MAX_HOSTS = 10_000  # hosts counted per run (a publisher could name any number)
+# Publishers per run: a run is one ansible-runner process, one publisher (a few with a resend after a restart). Each
+# one is a part of every cursor this run's stream sends and a page sends back; messages of any more are left out
+# (counted in Run.left_out, shown on the page), so that forged publisher ids cannot grow them without bound.
+MAX_PUBLISHERS = 64
 _MAX_TEXT = 4000  # a message or task name is cut to this many characters for the page
+_CURSOR_PUB = re.compile(r"[0-9A-Za-z_-]{1,64}")
 _CURSOR_PART = re.compile(r"([0-9A-Za-z_-]{1,64})\.(\d{1,19})")
 
 
@@ -49,7 +55,9 @@ def _text(value: Any, limit: int = _MAX_TEXT) -> str:
     """A value from an event, as text for the page (cut to ``limit`` characters)."""
     if value is None:
         return ""
-    text = value if isinstance(value, str) else orjson.dumps(value, default=str).decode()
+    # Anything else as JSON, by the protocol's own encoder: a msgpack payload may hold what orjson alone refuses
+    # (integer or bytes keys, integers beyond 64 bits).
+    text = value if isinstance(value, str) else protocol.encode_json(value).decode()
     return text[:limit]
 
 
@@ -63,6 +71,19 @@ def host_outcome(counts: dict[str, int]) -> str:
         if counts.get(outcome):
             return outcome
     return "ok"
+
+
+def pub_key(publisher: str) -> str:
+    """A publisher's name in cursors, event keys and URLs: its id when plain (letters, digits, - and _, as a runner's
+    hex ids are), else a digest of it, so that no publisher id (any text, off the network) can break an SSE line
+    or a URL.
+
+    >>> pub_key("9f86d081884c7d65"), pub_key("a.b")
+    ('9f86d081884c7d65', 'x4eb68d4d2828008e')
+    """
+    if _CURSOR_PUB.fullmatch(publisher):
+        return publisher
+    return "x" + hashlib.blake2b(publisher.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
 
 
 def format_cursor(positions: dict[str, int]) -> str:
@@ -93,7 +114,7 @@ class Record:
     """One event as the page gets it: ``view`` (its line(s) of output and what to show with them, JSON)
     and ``raw`` (the whole payload as JSON, shown when the line is clicked)."""
 
-    pub: str
+    pub: str  # pub_key() of its publisher
     seq: int
     view: bytes
     raw: bytes
@@ -122,7 +143,8 @@ class Run:
         self.bytes = 0
         self.max_events, self.max_bytes = max_events, max_bytes
         self.positions: dict[str, int] = {}
-        self.publishers: set[str] = set()  # every publisher of its messages, statuses too
+        self.publishers: set[str] = set()  # every publisher of its messages, statuses too (MAX_PUBLISHERS at most)
+        self.left_out = 0  # messages of publishers beyond MAX_PUBLISHERS
         self.version = 0  # grows with every change: streams send what changed since the version they sent
 
     @property
@@ -150,13 +172,14 @@ class Run:
         highlighted = msg.name in _HIGHLIGHTED and not data.get("ignore_errors")
         message = _text(result.get("msg") or result.get("stderr") or result.get("reason")) if highlighted else ""
         counter = payload.get("counter")
-        view = {"k": f"{msg.publisher}.{msg.seq}", "c": counter if isinstance(counter, int) else None,
+        pub = pub_key(msg.publisher)
+        view = {"k": f"{pub}.{msg.seq}", "c": counter if isinstance(counter, int) else None,
                 "e": msg.name[:200], "h": host, "t": _text(data.get("task")), "s": _text(payload.get("stdout"), 1 << 20),
                 "f": highlighted, "m": message}
         if highlighted and len(self.failures) < _MAX_FAILURES:
             self.failures.append({"k": view["k"], "host": host, "task": view["t"], "event": view["e"], "msg": message})
         raw = msg.raw_payload if msg.codec == "json" else protocol.encode_json(protocol.to_plain(msg.payload))
-        self._keep(Record(msg.publisher, msg.seq, orjson.dumps(view), bytes(raw)))
+        self._keep(Record(pub, msg.seq, orjson.dumps(view), bytes(raw)))
 
     def _count(self, name: str, host: str, data: dict) -> None:
         if name == "playbook_on_stats":  # Ansible's own totals replace what was counted live
@@ -215,7 +238,8 @@ class Run:
         return {"ident": self.ident, "status": self.status or "unknown", "playbook": self.playbook,
                 "started": self.started, "ended": self.ended, "first_seen": self.first_seen,
                 "last_seen": self.last_seen, "ended_at": self.ended_at, "hosts": by_outcome,
-                "events": self.event_count, "dropped": self.dropped, "gaps": sum(g["count"] for g in self.gaps)}
+                "events": self.event_count, "dropped": self.dropped, "gaps": sum(g["count"] for g in self.gaps),
+                "left_out": self.left_out}
 
     def detail(self) -> dict:
         """The run page's head: the summary, the host table, failures and gaps."""
@@ -249,13 +273,16 @@ class Runs:
         if run is None:
             run = self.runs[msg.ident] = Run(msg.ident, now, self.max_events, self.max_bytes)
             self._bound()
-        self.publishers.setdefault(msg.publisher, set()).add(msg.ident)
-        run.publishers.add(msg.publisher)
         run.last_seen = now
-        if msg.kind == "status":
-            run.status_message(msg.name, now)
+        if msg.publisher not in run.publishers and len(run.publishers) >= MAX_PUBLISHERS:
+            run.left_out += 1
         else:
-            run.event_message(msg)
+            self.publishers.setdefault(msg.publisher, set()).add(msg.ident)
+            run.publishers.add(msg.publisher)
+            if msg.kind == "status":
+                run.status_message(msg.name, now)
+            else:
+                run.event_message(msg)
         run.version += 1
         self.version += 1
         return run

@@ -27,6 +27,7 @@ import dataclasses
 import hashlib
 import hmac
 import ipaddress
+import resource
 import signal
 import socket
 import sys
@@ -36,6 +37,7 @@ from typing import Callable
 from urllib.parse import parse_qs, urlencode
 
 import orjson
+import uvicorn  # (here, not in serve: the command's import of this module names a missing web extra)
 from starlette.applications import Starlette
 from starlette.datastructures import Headers
 from starlette.requests import Request
@@ -61,9 +63,13 @@ SECURITY_HEADERS = [(b"content-security-policy", CSP.encode()), (b"x-content-typ
 BATCH_SECONDS = 0.1  # how often a stream sends what changed: updates are batched, never one message per event
 SUMMARY_SECONDS = 0.5  # a run's head (host table, counts) at most this often
 BATCH_RECORDS = 2000  # events per server-sent message at most
+# ... and about this many bytes (one event's output may be 1 MiB): a page that does not read holds its stream's
+# coroutine at one message, so that memory is this per stream, not the run's whole output.
+BATCH_BYTES = 256 << 10
 KEEPALIVE_SECONDS = 15.0
 REPLAY_RETRY_SECONDS = 5.0
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+FILES_BESIDES_CONNECTIONS = 64  # the subscriber's sockets, static files being sent, the listening socket
 
 class WebError(ValueError):
     """An option the server cannot use; the message names it, the value and what is accepted."""
@@ -83,6 +89,7 @@ class Options:
     max_runs: int = 200
     max_events: int = 50_000
     max_run_bytes: int = 256 << 20
+    max_connections: int = 500
 
 
 def listen_address(listen: str) -> tuple[str, int]:
@@ -92,9 +99,12 @@ def listen_address(listen: str) -> tuple[str, int]:
     ('127.0.0.1', 8080)
     """
     host, sep, port = listen.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise WebError(f"--listen {listen!r}: expected HOST:PORT, e.g. 127.0.0.1:8080 or [::1]:8080")
+    bracketed = host.startswith("[") and host.endswith("]")
+    host = host[1:-1] if bracketed else host
+    # An IPv6 address only in brackets: "::1" would be host ":" and port 1.
+    if not sep or not host or (":" in host) != bracketed or not port.isdigit() or int(port) > 65535:
+        raise WebError(f"--listen {listen!r}: expected HOST:PORT (an IPv6 address in brackets), e.g. "
+                       "127.0.0.1:8080 or [::1]:8080")
     return host, int(port)
 
 
@@ -200,7 +210,8 @@ class Guard:
                 if token is not None and self.auth.token is not None and hmac.compare_digest(
                         token.encode(), self.auth.token.encode()):
                     rest = {k: v for k, v in query.items() if k != "token"}
-                    target = scope["path"] + ("?" + urlencode(rest, doseq=True) if rest else "")
+                    # A path of this server, whatever the request's: "//evil.example" would send the browser there.
+                    target = "/" + scope["path"].lstrip("/") + ("?" + urlencode(rest, doseq=True) if rest else "")
                     response = RedirectResponse(target, 303)
                     response.set_cookie(COOKIE, self.auth.cookie_value(), httponly=True, samesite="strict")
                     return await response(scope, receive, send_secured)
@@ -208,6 +219,19 @@ class Guard:
                 return await PlainTextResponse("authentication required (docs/web.md)", 401,
                                                headers=challenge)(scope, receive, send_secured)
         await self.app(scope, receive, send_secured)
+
+
+def _files_for(connections: int) -> None:
+    """Raise this process's limit of open files (ulimit -n) to what ``connections`` need, if it may."""
+    need = connections + FILES_BESIDES_CONNECTIONS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return
+    if hard != resource.RLIM_INFINITY and hard < need:
+        raise WebError(f"--max-connections {connections}: this process may open {hard} files (ulimit -n), and "
+                       f"needs {FILES_BESIDES_CONNECTIONS} besides its connections: give at most "
+                       f"{max(1, hard - FILES_BESIDES_CONNECTIONS)}, or raise the limit")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
 
 
 def _loopback_host(host_header: str) -> bool:
@@ -225,6 +249,7 @@ class Feed:
 
     def __init__(self, runs: Runs, options: Options, say: Callable[[str], None]):
         self.runs, self.options, self.say = runs, options, say
+        self.skipped = 0  # messages the model could not take (a bug there, or a payload it did not foresee)
 
     async def run(self) -> None:
         options = self.options
@@ -251,12 +276,22 @@ class Feed:
                         replay_due, times_pending = None, bool(queued)
                 msg = await sub.recv(timeout=1.0)
                 if msg is not None:
-                    self.runs.add(msg, time.time())
+                    self._add(msg)
                 elif times_pending:  # the replay is in: when the broker saw those runs, for their start times
                     self.runs.seen(await sub.runs())
                     times_pending = False
         finally:
             sub.close()
+
+    def _add(self, msg) -> None:
+        try:
+            self.runs.add(msg, time.time())
+        except Exception as exc:  # noqa: BLE001 -- a message the model cannot take is left out, not fatal:
+            # it stays in the broker's history, so stopping would only stop again at the next start's replay.
+            self.skipped += 1
+            if self.skipped <= 10 or self.skipped % 1000 == 0:
+                self.say(f"zmq-emitter web: left out message seq {msg.seq} of publisher {msg.publisher!r} "
+                         f"(run {msg.ident[:200]!r}, {msg.name[:200]!r}): {exc!r} [{self.skipped} so far]")
 
     def ended(self, task: asyncio.Task) -> None:
         """The task ended other than by the server stopping (a bug: the library raises nothing for what comes off
@@ -332,17 +367,19 @@ def create_app(runs: Runs, auth: Auth | None = None, check_host: bool = True,
                 if run is not None and run is not current:  # first seen, or evicted and seen again
                     current, index, version = run, 0, -1
                 if run is not None and run.version != version:
-                    batch = []
+                    batch, size, full = [], 0, False
                     for index, record in run.after(positions, index):
                         batch.append(record.view)
                         positions[record.pub] = record.seq
-                        if len(batch) >= BATCH_RECORDS:
+                        size += len(record.view)
+                        if len(batch) >= BATCH_RECORDS or size >= BATCH_BYTES:
+                            full = True
                             break
-                    index = run.end if len(batch) < BATCH_RECORDS else index + 1
+                    index = index + 1 if full else run.end
                     if batch:
                         yield _sse("events", b"[" + b",".join(batch) + b"]", format_cursor(positions))
                     now = time.monotonic()
-                    if len(batch) < BATCH_RECORDS:
+                    if not full:
                         if now - summary_at >= SUMMARY_SECONDS or run.finished:
                             yield _sse("run", orjson.dumps(run.detail()))
                             summary_at, version = now, run.version
@@ -372,9 +409,9 @@ def create_app(runs: Runs, auth: Auth | None = None, check_host: bool = True,
         Route("/favicon.ico", lambda request: Response(status_code=204)),
         Route("/api/runs", run_list),
         Route("/api/runs/stream", runs_stream),
-        Route("/api/runs/{ident:str}/stream", run_stream),
-        Route("/api/runs/{ident:str}/events/{pub:str}/{seq:int}", event_json),
-        Route("/api/runs/{ident:str}", run_detail),
+        Route("/api/runs/{ident:path}/stream", run_stream),
+        Route("/api/runs/{ident:path}/events/{pub:str}/{seq:int}", event_json),
+        Route("/api/runs/{ident:path}", run_detail),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ], lifespan=lifespan)
     app.add_middleware(Guard, auth=auth or Auth(), check_host=check_host)
@@ -389,8 +426,6 @@ def _stream(body) -> StreamingResponse:
 def serve(options: Options, say: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
           ) -> None:
     """Serve until interrupted (Ctrl-C, SIGTERM).  Raises ``WebError`` for options it cannot use."""
-    import uvicorn
-
     host, port = listen_address(options.listen)
     auth = Auth(options.token, options.basic_auth)
     loopback = is_loopback(host)
@@ -398,6 +433,7 @@ def serve(options: Options, say: Callable[[str], None] = lambda line: print(line
         raise WebError(f"--listen {options.listen!r} is not a loopback address: anyone who can reach it would see "
                        f"every run; give --token-file FILE or --basic-auth-file FILE (or {TOKEN_ENV} / "
                        f"{BASIC_AUTH_ENV}), or listen on 127.0.0.1 (docs/web.md)")
+    _files_for(options.max_connections)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -415,5 +451,8 @@ def serve(options: Options, say: Callable[[str], None] = lambda line: print(line
     say(f"zmq-emitter web: serving http://{shown}:{bound}/ ; runs from {', '.join(options.endpoints)}"
         + (f", history {', '.join(options.history)}" if options.history else ", no history")
         + ("; authentication required" if auth.required else ""))
-    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=1, lifespan="on")
+    # Beyond max_connections a request gets a 503 at once, rather than the process running out of files: then it
+    # could accept nothing more, not even the page of someone who had nothing to do with the flood.
+    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=1, lifespan="on",
+                            limit_concurrency=options.max_connections)
     uvicorn.Server(config).run(sockets=[sock])

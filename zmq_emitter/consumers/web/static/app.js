@@ -2,6 +2,7 @@
 // Every string that came from the bus is inserted as text (dom.js h(), textContent), never as HTML.
 import { h, clear, duration, runTimes, when, OUTCOMES, FINAL } from './dom.js';
 import { OutputView } from './output.js';
+import { EventLog } from './events.js';
 
 const app = document.getElementById('app');
 const crumb = document.getElementById('crumb');
@@ -11,8 +12,8 @@ let page = null; // the page shown: {close()}
 // What a test (or a curious person in the console) may read of the page's state.
 const inspect = { page: null };
 window.zmqEmitterWeb = {
-  events: () => (inspect.page && inspect.page.events ? inspect.page.events.map((e) => [e.k, e.c, e.e]) : []),
-  repeats: () => (inspect.page && inspect.page.repeats !== undefined ? inspect.page.repeats : null),
+  events: () => (inspect.page && inspect.page.events ? inspect.page.events.kept.map((e) => [e.k, e.c, e.e]) : []),
+  repeats: () => (inspect.page && inspect.page.events ? inspect.page.events.repeats : null),
   run: () => (inspect.page && inspect.page.run ? inspect.page.run : null),
   runs: () => (inspect.page && inspect.page.runs ? [...inspect.page.runs.values()] : []),
 };
@@ -103,8 +104,7 @@ function runsPage() {
 
 function runPage(ident) {
   crumb.textContent = ident;
-  const events = []; // what the page received, each once: {k, c, e, h, t, s, f, m}
-  const seen = new Set();
+  const events = new EventLog(); // what the page received, each once: {k, c, e, h, t, s, f, m}
   const head = h('div', { class: 'run-head' });
   const bar = h('div', { class: 'host-bar', id: 'host-bar' });
   const hostBody = h('tbody');
@@ -126,7 +126,7 @@ function runPage(ident) {
   head.append(h('p', { class: 'waiting', text: `Waiting for run ${ident}…` }));
 
   const pick = async (index) => {
-    const ev = events[index];
+    const ev = events.get(index);
     if (!ev) return;
     const [pub, seq] = ev.k.split('.');
     document.getElementById('detail-title').textContent = `${ev.e}${ev.h ? ` · ${ev.h}` : ''}`;
@@ -136,7 +136,7 @@ function runPage(ident) {
     detail.textContent = response.ok ? JSON.stringify(await response.json(), null, 2) : `(${response.status}) no longer held by the server`;
   };
   const view = new OutputView(output, pick);
-  const state = { events, run: null, repeats: 0 };
+  const state = { events, run: null };
   inspect.page = state;
 
   const showRun = (run) => {
@@ -159,22 +159,22 @@ function runPage(ident) {
       h('span', { class: 'msg', text: f.msg }))));
     const lines = [];
     if (run.dropped) lines.push(`The server no longer holds the first ${run.dropped} events of this run.`);
+    if (run.left_out) lines.push(`${run.left_out} message(s) of publishers beyond this run's first 64 were left out.`);
     if (run.gaps) lines.push(`${run.gaps} message(s) of this run's publisher(s) were lost for good (not in the broker's history).`);
     notes.replaceChildren(...lines.map((text) => h('p', { class: 'gap', text })));
   };
   failures.addEventListener('click', (e) => {
     const item = e.target.closest('li');
-    const index = item ? events.findIndex((ev) => ev.k === item.dataset.key) : -1;
+    const index = item ? events.indexOf(item.dataset.key) : -1;
     if (index >= 0) pick(index);
   });
 
   const source = connection(`/api/runs/${encodeURIComponent(ident)}/stream`, {
     events: (batch) => {
       for (const ev of batch) {
-        if (seen.has(ev.k)) { state.repeats += 1; continue; } // the server's cursor prevents these; counted
-        seen.add(ev.k);
-        events.push(ev);
-        view.append(ev.s, events.length - 1, ev.f);
+        const index = events.add(ev); // -1: a repeat (the server's cursor prevents these; counted)
+        if (index < 0) continue;
+        view.append(ev.s, index, ev.f);
         ev.s = undefined; // held once, by the output view (the server has the whole event for a click)
       }
       count.textContent = `${events.length} events`;
