@@ -420,26 +420,48 @@ class GuardedSocket:
         return guarded
 
 
-def test_the_publishers_socket_is_only_ever_used_by_the_thread_holding_its_lock(tmp_path):
+def test_the_publishers_socket_is_only_ever_used_by_the_thread_holding_its_lock(tmp_path, monkeypatch):
     """A ZeroMQ socket must never be used by two threads at once: the exit wait, the flush thread and the handlers'
     sends all take the lock first.  (The exit wait once polled the socket without it: with a broker's connection
     being re-established at exit, two threads processed the socket's commands together and libzmq crashed the
-    ansible-runner process with SIGSEGV.)"""
+    ansible-runner process with SIGSEGV.)  A subscribed peer makes the handlers' sends reach the socket itself,
+    through the Cython-level send the hot path calls (checked by wrapping it), not only the buffer."""
     from zmq_emitter.runner.config import Config
 
-    publisher = plugin.Publisher(Config(url=(f"ipc://{tmp_path}/nobody-there",), linger=300))
+    context = zmq.Context()
+    peer = context.socket(zmq.XSUB)  # a subscriber bound where the publisher connects
+    handshake = peer.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+    peer.bind(f"ipc://{tmp_path}/peer")
+    publisher = plugin.Publisher(Config(url=(f"ipc://{tmp_path}/peer",), linger=300))
+    assert handshake.poll(10_000)
+    peer.send(b"\x01")  # subscribe to everything
     misuse: list = []
     publisher._lock = OwnedLock()
     publisher._socket = GuardedSocket(publisher._socket, publisher._lock, misuse)
+    raw_send, sent = plugin._send, []
+
+    def guarded_send(sock, data, flags):
+        if publisher._lock.owner != threading.get_ident():
+            misuse.append(("send", threading.current_thread().name))
+        sent.append(data)
+        return raw_send(sock._sock, data, flags)
+    monkeypatch.setattr(plugin, "_send", guarded_send)
     header = publisher.header_prefix("json")
+    deadline = time.monotonic() + 10
+    while not sent and time.monotonic() < deadline:  # until the peer's subscription has reached the publisher
+        publisher.send(b"event/r/runner_on_ok", header, b"{}")
+        time.sleep(0.01)
+    assert sent, "the peer's subscription never reached the publisher"
     senders = [threading.Thread(target=lambda: [publisher.send(b"event/r/runner_on_ok", header, b"{}")
-                                                 for _ in range(20)]) for _ in range(3)]
+                                                 for _ in range(200)]) for _ in range(3)]
     for sender in senders:
         sender.start()
     for sender in senders:
         sender.join()
-    publisher.flush(0.2)  # the exit wait's loop, while the flush thread works on what is buffered
+    assert len(sent) >= 3 * 200 * 3  # every handler's message went through the socket: three frames each
+    publisher.flush(0.2)  # the exit wait's loop, while the flush thread works on what is kept
     publisher.close()
+    context.destroy(linger=0)
     assert misuse == []
 
 
