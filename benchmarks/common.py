@@ -189,6 +189,18 @@ class Tmp(tempfile.TemporaryDirectory):
         return Path(super().__enter__())
 
 
+def stop_process(proc: subprocess.Popen, grace: float) -> None:
+    """SIGTERM, then SIGKILL if ``proc`` has not ended within ``grace`` seconds; returns once it has ended.
+    (The benchmarks' processes and the test suite's process helpers all stop this way.)"""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 class Worker:
     """A helper process running ``benchmarks/workers.py ROLE ARGS``, driven by lines on stdin/stdout.
 
@@ -222,13 +234,7 @@ class Worker:
         return self._read()
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 5)
 
     def __enter__(self) -> "Worker":
         return self

@@ -115,13 +115,7 @@ class Rulebook:
         return False
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        common.stop_process(self.proc, 15)
         self._reader.join(10)
 
     def __enter__(self) -> "Rulebook":

@@ -24,6 +24,8 @@ from typing import Callable, Iterable
 import pytest
 import zmq
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository: benchmarks/ is shared
+from benchmarks.common import stop_process  # noqa: E402 (the benchmarks' processes stop the same way)
 from zmq_emitter import protocol, security
 from zmq_emitter.broker import Broker
 from zmq_emitter.demo import PROJECT
@@ -346,12 +348,8 @@ class BrokerProcess:
         self.proc.wait()
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        if self.proc:
+            stop_process(self.proc, 5)
 
 
 @pytest.fixture

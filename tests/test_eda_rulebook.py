@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, BrokerProcess, RawPublisher, run_cli, runner_env, wait_connected, wait_until
+from conftest import (BIN, BrokerProcess, RawPublisher, run_cli, runner_env, stop_process, wait_connected,
+                      wait_until)
 
 from zmq_emitter.consumers import eda
 from zmq_emitter.demo import PROJECT
@@ -112,13 +113,7 @@ class Rulebook:
         assert all(self.count(text) for text in texts), f"rulebook ended early:\n{self.output}"
 
     def stop(self) -> str:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 15)
         self._reader.join(10)
         return self.output
 

@@ -45,6 +45,13 @@ def _options(version: bool = typer.Option(False, "--version", callback=_print_ve
     """The options before COMMAND."""
 
 
+# The CURVE options of the commands that connect to a broker as clients (tail, web, runs): one definition each.
+_CURVE_SERVER_KEY = typer.Option(None, "--curve-server-key", metavar="KEY",
+                                 help="The broker's public key (.key file or z85 text): CURVE encryption.")
+_CURVE_SUBSCRIBER_SECRET = typer.Option(None, "--curve-secret-key-file", metavar="FILE",
+                                        help="This subscriber's .key_secret file, for a broker that checks keys.")
+
+
 def _split(values: List[str]) -> List[str]:
     """Options take repeated and comma-separated values alike."""
     return list(split_commas(values))
@@ -229,10 +236,8 @@ def tail(
     history: List[str] = typer.Option([], "--history", metavar="ENDPOINT", help="The broker's history endpoint, for --replay and for "
                                       f"recovering gaps (default with --replay: {broker_module.DEFAULT_HISTORY}); "
                                       "several (a redundant pair): asked in turn, the next when one does not answer."),
-    curve_server_key: Optional[str] = typer.Option(
-        None, "--curve-server-key", metavar="KEY", help="The broker's public key (.key file or z85 text): CURVE encryption."),
-    curve_secret_key_file: Optional[str] = typer.Option(
-        None, "--curve-secret-key-file", metavar="FILE", help="This subscriber's .key_secret file, for a broker that checks keys."),
+    curve_server_key: Optional[str] = _CURVE_SERVER_KEY,
+    curve_secret_key_file: Optional[str] = _CURVE_SUBSCRIBER_SECRET,
 ) -> None:
     """Print runs' statuses and events as they arrive."""
     # --event NAME asks for those events only: statuses too only if --topic says so.
@@ -294,10 +299,8 @@ def web(
                                                                          "first)."),
     max_connections: int = typer.Option(500, "--max-connections", metavar="N", min=1, help="Connections at once (each "
                                         "open page holds one); beyond them a request gets 503."),
-    curve_server_key: Optional[str] = typer.Option(
-        None, "--curve-server-key", metavar="KEY", help="The broker's public key (.key file or z85 text): CURVE encryption."),
-    curve_secret_key_file: Optional[str] = typer.Option(
-        None, "--curve-secret-key-file", metavar="FILE", help="This subscriber's .key_secret file, for a broker that checks keys."),
+    curve_server_key: Optional[str] = _CURVE_SERVER_KEY,
+    curve_secret_key_file: Optional[str] = _CURVE_SUBSCRIBER_SECRET,
 ) -> None:
     """Watch runs live in a browser.
 
@@ -412,8 +415,7 @@ def runs(
                                       help="The broker's history endpoint; several (a redundant pair): asked in "
                                            "turn, the next when one does not answer within 2 s."),
     timeout: float = typer.Option(5.0, "--timeout", metavar="SECONDS", min=0.1, help="Seconds to wait for an answer (from any of them)."),
-    curve_server_key: Optional[str] = typer.Option(
-        None, "--curve-server-key", metavar="KEY", help="The broker's public key (.key file or z85 text): CURVE encryption."),
+    curve_server_key: Optional[str] = _CURVE_SERVER_KEY,
     curve_secret_key_file: Optional[str] = typer.Option(
         None, "--curve-secret-key-file", metavar="FILE", help="This client's .key_secret file, for a broker that checks keys "
                                               "(a subscriber key: the history serves subscribers)."),
