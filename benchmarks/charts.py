@@ -76,6 +76,11 @@ def _latency(figure: dict, ax) -> None:
     for key, colour in (("p50_us", "#4c72b0"), ("p99_us", "#dd8452"), ("max_us", "#999999")):
         ax.plot([int(r) for r in rates], [data[r][key]["median"] for r in rates], marker="o", color=colour,
                 label=key.replace("_us", ""))
+    for path, colour in (("broker --history none", "#55a868"), ("floor", "#333333")):
+        base = figure.get("baselines", {}).get(path)
+        if base:
+            ax.plot([int(r) for r in base], [base[r]["p99_us"]["median"] for r in base], marker="x", linestyle=":",
+                    color=colour, label=f"p99, {path}")
     ax.axhline(1000, color="#c44e52", linestyle="--", label="p99 target 1 ms")
     ax.set_xscale("log")
     ax.set_yscale("log")

@@ -346,6 +346,28 @@ def machine() -> dict:
             "loadavg_at_start": [round(x, 2) for x in load]}
 
 
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) of each thread of process ``pid``, summed by thread name (``/proc/PID/task/*/comm``:
+    the project names its threads, e.g. ``zmq-history``; libzmq's are ``ZMQbg/IO/0``...), and ``"all"``."""
+    tick, seconds = os.sysconf("SC_CLK_TCK"), {"all": 0.0}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:  # the thread ended meanwhile
+            continue
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2:].split()
+        used = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+        seconds[name] = seconds.get(name, 0.0) + used
+        seconds["all"] += used
+    return seconds
+
+
+def cpu_used(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Per thread name, the CPU seconds ``thread_cpu`` counted between two readings."""
+    return {name: used - before.get(name, 0.0) for name, used in after.items()}
+
+
 def rss_kib() -> int:
     """Resident set size of this process (VmRSS of /proc/self/status), in KiB."""
     for line in Path("/proc/self/status").read_text().splitlines():

@@ -16,6 +16,7 @@ read from CLOCK_MONOTONIC.  Contenders alternate, each repetition in reversed or
 """
 from __future__ import annotations
 
+import os
 import time
 
 import msgpack
@@ -64,6 +65,10 @@ def run(corpus: list[dict], reps: int, n: int, small: list[dict] | None = None) 
                                            plugin_sub, events)
         plugins["json, broker --history none"] = (common.RunnerConfig(runner_zmq_url=plain_broker.frontend),
                                                   plain_sub, corpora[""])
+        # The processes each contender's messages pass through, for the CPU they spend (table 1b)
+        parties = {name: {"broker": broker.proc.pid, "subscriber": plugin_sub.proc.pid} for name in plugins}
+        parties["json, broker --history none"] = {"broker": plain_broker.proc.pid, "subscriber": plain_sub.proc.pid}
+        floor_parties = {"broker": proxy.proc.pid, "subscriber": floor_sub.proc.pid}
         for config, sub, _ in plugins.values():
             common.connect_through(lambda: plugin.event_handler(config, corpus[0]), [sub])
 
@@ -94,10 +99,12 @@ def run(corpus: list[dict], reps: int, n: int, small: list[dict] | None = None) 
 
         floors = [codec + suffix for suffix in corpora for codec in CODECS]
         variants = [("plugin", name) for name in plugins] + [("floor", name) for name in floors]
-        samples: dict = {v: {"e2e": [], "calls": [], "cpu": [], "lost": [], "duplicates": [], "unconfirmed": []}
-                         for v in variants}
+        samples: dict = {v: {"e2e": [], "calls": [], "cpu": [], "lost": [], "duplicates": [], "unconfirmed": [],
+                             "parts": []} for v in variants}
         for _, (who, name) in common.alternate(variants, reps):
             unconfirmed = publisher_of(plugins[name][0]).unconfirmed if who == "plugin" else 0
+            pids = {"sender": os.getpid(), **(parties[name] if who == "plugin" else floor_parties)}
+            cpu_before = {party: common.thread_cpu(pid) for party, pid in pids.items()}
             t0, t_calls, cpu = (run_plugin if who == "plugin" else run_floor)(name)
             if who == "plugin":  # count only this contender's publisher: nothing late from another lands here
                 got = plugins[name][1].call("wait", n, 30, publisher_of(plugins[name][0]).id)
@@ -112,13 +119,17 @@ def run(corpus: list[dict], reps: int, n: int, small: list[dict] | None = None) 
             samples[(who, name)]["cpu"].append(cpu / n / 1000)
             samples[(who, name)]["lost"].append(n - got["counts"][0])  # distinct (pub, seq): repeats hide nothing
             samples[(who, name)]["duplicates"].append(got["duplicates"][0])
+            used = {party: common.cpu_used(cpu_before[party], common.thread_cpu(pid)) for party, pid in pids.items()}
+            samples[(who, name)]["parts"].append({part: seconds / n * 1e6 for part, seconds in cpu_parts(used).items()})
         floor.close(linger=0)
         ctx.term()
 
     data = {f"{who}_{name}": {"e2e_per_s": common.summary(s["e2e"]), "calls_per_s": common.summary(s["calls"]),
                               "cpu_us_per_event": common.summary(s["cpu"]), "lost": sum(s["lost"]),
                               "duplicates": sum(s["duplicates"]), "unconfirmed": sum(s["unconfirmed"]),
-                              "sent": n * reps}
+                              "sent": n * reps,
+                              "cpu_parts_us_per_event": {part: common.summary(r[part] for r in s["parts"])
+                                                         for part in PARTS}}
             for (who, name), s in samples.items()}
     rows, targets = [], []
     for name in plugins:
@@ -144,7 +155,39 @@ def run(corpus: list[dict], reps: int, n: int, small: list[dict] | None = None) 
             "headers": ["contender", "end to end /s median (min-max)", "calls /s (sender side)",
                         "sender CPU us/event (flush included)", "lost/sent (distinct)", "pushed out unacknowledged",
                         "ratio to floor"],
-            "rows": rows, "data": data, "targets": targets}
+            "rows": rows, "data": data, "targets": targets, "tables": [cpu_table(data, plugins, floors)]}
+
+
+# Where the CPU of one event goes: each party's threads, by the names the project gives them (zmq_emitter/_threads.py)
+PARTS = ("sender: handler", "sender: flush thread", "sender: libzmq I/O", "broker: history thread",
+         "broker: proxy and libzmq I/O", "subscriber", "all")
+
+
+def cpu_parts(used: dict[str, dict[str, float]]) -> dict[str, float]:
+    """CPU seconds by part from ``common.cpu_used`` readings of the sender, the broker (or bare proxy) and the
+    subscriber processes.  The sender's other threads are idle: its other contenders' sockets."""
+    sender, broker, subscriber = used["sender"], used["broker"], used["subscriber"]
+    io = sum(seconds for name, seconds in sender.items() if name.startswith("ZMQbg/"))
+    flush, history = sender.get("zmq-flush", 0.0), broker.get("zmq-history", 0.0)
+    parts = {"sender: handler": sender["all"] - io - flush, "sender: flush thread": flush, "sender: libzmq I/O": io,
+             "broker: history thread": history, "broker: proxy and libzmq I/O": broker["all"] - history,
+             "subscriber": subscriber["all"]}
+    parts["all"] = sum(parts.values())
+    return parts
+
+
+def cpu_table(data: dict, plugins: dict, floors: list) -> dict:
+    """Table 1b: CPU microseconds per event by part, and what the totals alone predict for the ratio to the floor."""
+    rows = []
+    for who, name in [("plugin", name) for name in plugins] + [("floor", name) for name in floors]:
+        parts = data[f"{who}_{name}"]["cpu_parts_us_per_event"]
+        floor_all = data[f"floor_{floor_of(name) if who == 'plugin' else name}"]["cpu_parts_us_per_event"]["all"]
+        label = f"plugin ({name})" if who == "plugin" else f"floor ({name})"
+        rows.append([label, *(f"{parts[part]['median']:.1f}" for part in PARTS),
+                     f"{floor_all['median'] / parts['all']['median']:.2f}"])
+    return {"title": "1b. Where the CPU of an event goes, every process of the path (microseconds per event, medians; "
+                     "2 cores: the rate end to end follows the total)",
+            "headers": ["contender", *PARTS, "floor's all / all"], "rows": rows}
 
 
 def floor_of(name: str) -> str:

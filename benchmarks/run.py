@@ -130,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{result['skipped']}\n", flush=True)
             else:
                 print(f"{result['title']}\n{common.table(result['headers'], result['rows'])}", flush=True)
+                for extra in result.get("tables", []):  # a figure's further tables (figure 1's CPU by part)
+                    print(f"\n{extra['title']}\n{common.table(extra['headers'], extra['rows'])}", flush=True)
                 for target in result["targets"]:
                     print(f"  target: {target['target']}: {target['value']} -> "
                           f"{'met' if target['met'] else 'NOT met'}")

@@ -114,6 +114,30 @@ def test_a_hole_is_asked_for_once_then_again_only_after_a_while():
     assert filled.acks == {"p1": 5} and filled.resend == {}
 
 
+def test_acknowledgements_come_at_most_every_interval_unless_a_full_batch_came():
+    history = History()
+    acks = Acknowledgements(history, "b", "t")
+    assert acks.next_due() is None                          # nothing heard: nothing waits
+    hear(history, acks, 1)
+    assert acks.due(now=0.0).acks == {"p1": 1}
+    hear(history, acks, 2)
+    assert acks.due(now=0.001) is None                      # too soon: held back...
+    assert acks.next_due() == 0.0 + acks.interval           # ...until then
+    assert acks.due(now=acks.interval).acks == {"p1": 2}    # ...and not lost
+    assert acks.next_due() is None
+    hear(history, acks, 3)
+    assert acks.due(now=acks.interval + 0.001, full=True).acks == {"p1": 3}  # a full batch: at once
+
+
+def test_a_request_to_send_again_is_not_held_back_by_the_interval():
+    history = History()
+    acks = Acknowledgements(history, "b", "t")
+    hear(history, acks, 1)
+    acks.due(now=0.0)
+    hear(history, acks, 3)                                   # 2 is missing
+    assert acks.due(now=0.001).resend == {"p1": 1}
+
+
 def test_a_hole_the_publisher_cannot_fill_is_given_up_counted_as_missed_and_acknowledged_past():
     history = History()
     acks = Acknowledgements(history, "b", "t")

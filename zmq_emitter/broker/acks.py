@@ -57,6 +57,10 @@ class Acknowledgements:
     min_interval = 0.2     # seconds between any two requests to one publisher
     give_up_after = 5      # requests, the last one answered, before a hole counts as lost
     abandon_after = 600.0  # seconds after the first request: lost whatever happened
+    # Seconds between two acknowledgements at most this often, unless a full batch came (``due(full=True)``): at a
+    # moderate rate the history thread wakes for every few messages, and an acknowledgement each time cost the
+    # broker (building it, the proxy forwarding it) and every runner (reading it) more than the messages did.
+    interval = 0.005
 
     def __init__(self, history: History, broker: str, token: str):
         self.history = history
@@ -68,6 +72,7 @@ class Acknowledgements:
         # Per publisher, the highest seq stored elsewhere too (JetStream: jetstream.py); None: no such store.
         # Acknowledged is then the lower of the two: recorded, and stored.
         self.limit: dict[str, int] | None = None
+        self._acked_at = float("-inf")  # when the last acknowledgement was handed out
 
     def heard(self, publisher: str) -> None:
         """A message of ``publisher`` came (recorded or a duplicate: either way it wants an acknowledgement)."""
@@ -78,8 +83,10 @@ class Acknowledgements:
         """``limit`` moved for ``publisher``: an acknowledgement is due (unlike ``heard``, no message came)."""
         self._unacknowledged.add(publisher)
 
-    def due(self, now: float) -> protocol.Ack | None:
-        """The acknowledgement to send now, if any; call after each batch and every ~0.1 s."""
+    def due(self, now: float, *, full: bool = False) -> protocol.Ack | None:
+        """The acknowledgement to send now, if any; call after each batch (``full``: it had as many messages as a
+        batch holds) and at ``next_due``.  Acknowledgements come at most every ``interval`` seconds, unless
+        ``full`` or there is a request to send again."""
         history = self.history
         resend: dict[str, int] = {}
         for publisher in list(history.holey) + [p for p in self._requests if p not in history.holey]:
@@ -87,6 +94,8 @@ class Acknowledgements:
         self._heard.clear()
         if self.paused:
             return protocol.Ack(self.broker, self.token, {}, resend) if resend else None
+        if not (full or resend) and now < self._acked_at + self.interval:
+            return None  # what was heard stays in _unacknowledged: acknowledged at next_due()
         acks, limit = {}, self.limit
         for publisher in self._unacknowledged:
             pub = history.publishers.get(publisher)
@@ -98,7 +107,12 @@ class Acknowledgements:
         self._unacknowledged.clear()
         if not acks and not resend:
             return None
+        self._acked_at = now
         return protocol.Ack(self.broker, self.token, acks, resend)
+
+    def next_due(self) -> float | None:
+        """When ``due`` has an acknowledgement held back by ``interval`` to hand out (None: nothing waits)."""
+        return self._acked_at + self.interval if self._unacknowledged and not self.paused else None
 
     def _request(self, publisher: str, now: float, resend: dict[str, int]) -> None:
         pub = self.history.publishers.get(publisher)

@@ -36,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import logging
+import math
 import os
 import threading
 import time
@@ -48,7 +49,7 @@ from typing import Callable, Iterable
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from .. import protocol, security
+from .. import _threads, protocol, security
 from .acks import Acknowledgements
 from .history import History, HistoryCounters
 from .jetstream import JetStreamSettings, JetStreamStore, StoreStats
@@ -84,6 +85,7 @@ class BrokerError(RuntimeError):
 
 
 _FRAMES = 3  # topic, header, payload (protocol.py)
+_BATCH = 500  # captured messages the history thread records before it acknowledges
 
 # The sides whose connections the manager thread watches (the ZAP domains of security.ServerCurve), and the
 # monitor events that end a handshake refused, with the reason they stand for.
@@ -232,8 +234,8 @@ class Broker:
         self._control = ctx.socket(zmq.PAIR)
         self._control.connect(f"inproc://control-{self._name}")
 
-        self._threads = [threading.Thread(target=self._run_proxy, name="zmq-emitter-proxy", daemon=True),
-                         threading.Thread(target=self._run_manager, name="zmq-emitter-manager", daemon=True)]
+        self._threads = [_threads.thread(self._run_proxy, "zmq-emitter-proxy"),
+                         _threads.thread(self._run_manager, "zmq-emitter-manager")]
         self._capture = None
         if self.history_endpoints:
             # Capture is a PUB: at its high-water mark it drops copies, so the history can
@@ -261,7 +263,7 @@ class Broker:
             if self.jetstream is not None:
                 self._store = JetStreamStore(self.jetstream, ctx, name=f"zmq-emitter broker {self.name}",
                                              max_message_size=self.max_message_size).start()
-            self._threads.append(threading.Thread(target=self._run_history, name="zmq-emitter-history", daemon=True))
+            self._threads.append(_threads.thread(self._run_history, "zmq-emitter-history"))
         for thread in self._threads:
             thread.start()
 
@@ -457,8 +459,8 @@ class Broker:
         # ``more`` is free, and the Cython layer's recv skips the Python wrapper.
         recv, nowait = zmq.backend.Socket.recv, int(zmq.NOBLOCK)
 
-        def record(batch: int | None) -> None:
-            """Record captured copies: ``batch`` of them at most, or all there are (None).
+        def record(batch: int | None) -> int:
+            """Record captured copies: ``batch`` of them at most, or all there are (None); how many came.
 
             Per message: three receives, the envelope (a dict look-up or two), ``History.add``.
             One clock read and one hand-over to the acknowledgements per batch.
@@ -491,13 +493,19 @@ class Broker:
             finally:
                 for publisher in publishers:
                     acknowledgements.heard(publisher)
+            return count
 
         acks_sent = resend_requests = 0
         snapshot_at = 0.0
+        full = False  # the last batch was as large as a batch gets: acknowledge now, whatever the interval
         while not self._stopping.is_set():
-            ready = dict(poller.poll(10 if upstream is not None and upstream.more else 100))
+            timeout = 10 if upstream is not None and upstream.more else 100
+            ack_at = acknowledgements.next_due()
+            if ack_at is not None:  # an acknowledgement held back (Acknowledgements.interval) is due then
+                timeout = min(timeout, max(0, math.ceil((ack_at - time.monotonic()) * 1000)))
+            ready = dict(poller.poll(timeout))
             if captured in ready:
-                record(500)  # a small batch, then acknowledge: publishers free their buffers sooner
+                full = record(_BATCH) >= _BATCH  # a small batch, then acknowledge: publishers free their buffers sooner
             if replier in ready:
                 # Everything forwarded before the request came is recorded first: a subscriber
                 # fetching a gap it has just seen finds messages the proxy forwarded before it.
@@ -516,7 +524,8 @@ class Broker:
             # Acknowledged means recorded, on disk too with a history directory: while the disk
             # refuses, acknowledgements stop moving, so that runners keep what is not on disk.
             acknowledgements.paused = not self._write_journal(now)
-            ack = acknowledgements.due(now)
+            ack = acknowledgements.due(now, full=full)
+            full = False
             if ack is not None:
                 acker.send(protocol.ack_frame(ack))
                 acks_sent += 1

@@ -56,7 +56,7 @@ from typing import Callable, Iterable
 
 import zmq
 
-from .. import protocol
+from .. import _threads, protocol
 from .history import History, _in_seq_order, retained_in, tell_holdings
 
 log = logging.getLogger("zmq_emitter.broker")
@@ -420,7 +420,7 @@ class JetStreamStore:
         self._waker.connect(address)
         self._waker_lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="zmq-emitter-jetstream", daemon=True)
+        self._thread = _threads.thread(self._loop.run_forever, "zmq-emitter-jetstream")
         self._nc = self._js = None
         self.connected = False        # to NATS, with the stream in place
         self._said: str | None = None  # the last state logged: one line per change

@@ -49,7 +49,7 @@ from typing import Any, Callable
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from .. import protocol, security
+from .. import _threads, protocol, security
 from . import redact, spool
 from .config import Config, ConfigError, load, spool_directory
 from .outbox import Entry, Outbox
@@ -167,7 +167,7 @@ class Publisher:
         # long-lived process): a daemon thread flushes them and reads acknowledgements while
         # anything is buffered, and sleeps otherwise.
         self._buffered = threading.Event()
-        threading.Thread(target=self._flush_in_background, name="zmq-emitter-flush", daemon=True).start()
+        _threads.thread(self._flush_in_background, "zmq-emitter-flush").start()
         if not self._outbox.settled:  # spooled messages taken over
             self._buffered.set()
         atexit.register(self.close)
