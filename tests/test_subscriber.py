@@ -177,6 +177,38 @@ def test_gaps_and_duplicates_are_reported_with_publisher_and_seqs(broker):
         context.destroy(linger=0)
 
 
+def test_a_subscriber_remembers_at_most_max_publishers_under_a_flood_of_forged_ids(broker_process):
+    """Through a broker process: 300 made-up publisher ids keep the subscriber's state at its bound, the
+    forgotten ones are counted and said once, and a real publisher sending meanwhile keeps its gap detection."""
+    context = zmq.Context()
+    said = []
+    try:
+        sub = Subscriber(broker_process.backend, context=context, max_publishers=10, on_error=said.append)
+        rogue = RawPublisher(broker_process.frontend, context=context)
+        rogue.until_received(sub)  # (its probes are a publisher too)
+        real = "aaaaaaaaaaaaaaaa"
+        seq = 0
+        for number in range(300):
+            rogue.send_frames(raw_message(rogue, "f%015x" % number, 1))
+            if number % 5 == 4:
+                seq += 1
+                rogue.send_frames(raw_message(rogue, real, seq))
+        rogue.send_frames(raw_message(rogue, real, seq))  # a repeat
+        rogue.send_frames(raw_message(rogue, real, seq + 3))  # after a gap
+        got = []
+        while not got or got[-1].publisher != real or got[-1].seq != seq + 3:
+            msg = sub.recv(timeout=10)
+            assert msg is not None, f"the real publisher's last message never came; {len(got)} came"
+            got.append(msg)
+        assert len(got) == 300 + seq + 1 and sub.counts.duplicates == 1
+        assert len(sub.tracker.last_seq) == 10 and sub.counts.forgotten == 300 + 2 - 10
+        assert sub.gaps == [Gap(real, seq + 1, seq + 2)]
+        assert len(said) == 1 and "more than 10 publishers seen" in said[0]
+        sub.close()
+    finally:
+        context.destroy(linger=0)
+
+
 def test_rogue_publisher_garbage_is_skipped_and_counted_by_both_subscribers(tmp_path):
     from zmq_emitter.broker import Broker
 

@@ -1,16 +1,18 @@
 """The subscriber library's sans-I/O core (``zmq_emitter/consumers/core.py``), against the broker's real
 ``History`` answering in-process: the history dialogues, the seam, what is reported lost, the
-connection watcher.  No sockets: every moment of a race can be set up exactly."""
+publishers remembered (a bound against made-up ids), the connection watcher.  No sockets: every
+moment of a race can be set up exactly."""
 from __future__ import annotations
 
+import pytest
 import zmq
 
 from consumer_helpers import message
 
 from zmq_emitter import protocol
 from zmq_emitter.broker.history import History
-from zmq_emitter.consumers.core import (PENDING_WAIT, RESEND_FIRST, SEAM_POLL_FIRST, SEAM_POLL_MAX, Dialogue, Gap,
-                                       Pause, Request, Tracker)
+from zmq_emitter.consumers.core import (ID_CHARS, PENDING_WAIT, RESEND_FIRST, SEAM_POLL_FIRST, SEAM_POLL_MAX,
+                                       Dialogue, Gap, Pause, Request, Tracker)
 from zmq_emitter.link import Link
 
 P = "9999999999999999"
@@ -303,3 +305,81 @@ def test_an_endpoint_not_reached_is_said_once_after_a_moment_and_a_lost_one_like
     clock.now = link.next_due()
     link.due()
     assert len(told) == 2 and "lost the connection to ipc:///run/b" in told[1]
+
+
+def forged(number: int) -> list[bytes]:
+    """The first message of made-up publisher number ``number``."""
+    return message("%016x" % number, 1, "event", "forged")
+
+
+def test_forged_publisher_ids_beyond_the_bound_are_forgotten_least_recent_first_and_counted_and_said_once():
+    """Anyone who may publish can make up publisher ids: a subscriber remembers only the most recently seen."""
+    said = []
+    tracker = Tracker(max_publishers=100, on_error=said.append)
+    assert tracker.accept(run_message(1, "r")).seq == 1
+    seq = 1
+    for number in range(10_000):
+        assert tracker.accept(forged(number)) is not None
+        if number % 50 == 49:  # the real publisher goes on sending while the flood goes on
+            seq += 1
+            assert tracker.accept(run_message(seq, "r")).seq == seq
+    assert len(tracker.last_seq) == 100 and tracker.counts.forgotten == 10_001 - 100
+    assert P in tracker.last_seq and len(said) == 1 and "forgetting the least recently seen" in said[0]
+    assert tracker.accept(run_message(seq, "r")) is None  # the real publisher's repeats are still dropped
+    assert tracker.accept(run_message(seq + 3, "r")).seq == seq + 3  # and its gaps still seen
+    assert tracker.gaps == [Gap(P, seq + 1, seq + 2)]
+    assert tracker.accept(forged(0)) is not None  # a forgotten publisher's repeat starts it again (documented)
+
+
+def test_long_made_up_publisher_ids_cannot_stretch_the_bound():
+    """A publisher id is any string (up to the broker's largest frame): the ids remembered are bounded in
+    characters too, ``ID_CHARS`` each on average."""
+    tracker = Tracker(max_publishers=10, on_error=lambda text: None)
+    assert tracker.accept(run_message(1, "r")).seq == 1
+    for number in range(20):
+        assert tracker.accept(message("%0200x" % number, 1, "event", "forged")) is not None
+        assert tracker.accept(run_message(number + 2, "r")) is not None
+        assert sum(map(len, tracker.last_seq)) <= 10 * ID_CHARS and P in tracker.last_seq
+    assert len(tracker.last_seq) == 4 and tracker.counts.forgotten == 20 - 3
+    assert tracker.accept(message("%06400x" % 0, 1, "event", "forged")) is not None  # one id as long as them all
+    assert list(tracker.last_seq) == ["%06400x" % 0]
+    assert tracker.accept(run_message(30, "r")) is not None and list(tracker.last_seq) == [P]
+
+
+def test_a_closed_publisher_is_the_first_forgotten_and_its_repeats_are_dropped_until_then():
+    """After its closing report nothing more comes from a publisher, but a copy through the other broker of a
+    redundant pair may: it is kept, first in line to be forgotten."""
+    tracker = Tracker(max_publishers=3, on_error=lambda text: None)
+    a, b, c = ("%016x" % n for n in (10, 11, 12))
+    for pub in (a, b, c):
+        assert tracker.accept(message(pub, 1)) is not None
+    closing = message(b, 2, "publisher", b, "closed", {"status": "closed"})
+    assert tracker.accept(closing).name == "closed"
+    assert tracker.accept(closing) is None  # the copy through the other broker
+    assert tracker.accept(forged(1)) is not None  # one more publisher than the bound: the closed one goes, not a
+    assert list(tracker.last_seq) == [a, c, "%016x" % 1] and tracker.counts.forgotten == 1
+
+
+def test_a_publisher_with_a_gap_being_fetched_is_not_forgotten():
+    """A ``Tracker`` driven by hand may take other publishers' messages while a gap is fetched: the
+    publisher of the gap stays remembered, so the message that revealed it is not handed out twice."""
+    tracker = Tracker(recovers=True, max_publishers=2, on_error=lambda text: None)
+    assert tracker.accept(run_message(1, "r")).seq == 1
+    gap = tracker.accept(run_message(5, "r"))
+    assert gap == Gap(P, 2, 4)
+    for number in range(5):
+        assert tracker.accept(forged(number)) is not None
+    assert list(tracker.last_seq) == [P, "%016x" % 4] and tracker.positions()[P] == 1
+    tracker.fill(gap, [run_message(seq, "r") for seq in (2, 3, 4)])
+    assert handed_out(tracker) == [("r", 2), ("r", 3), ("r", 4), ("r", 5)]
+    assert tracker.accept(run_message(5, "r")) is None  # a repeat of the message that revealed the gap
+    assert tracker.accept(run_message(6, "r")).seq == 6 and tracker.gaps == []
+
+
+def test_restored_positions_are_bounded_too_and_a_bound_below_one_is_refused():
+    tracker = Tracker(max_publishers=2, on_error=lambda text: None)
+    tracker.restore({"a": 1, "b": 2, "c": 3})  # (positions() lists the least recently seen first)
+    assert tracker.positions() == {"b": 2, "c": 3}
+    for bad in (0, -1, 1.5, True, "10"):
+        with pytest.raises(ValueError, match="max_publishers: a whole number of at least 1"):
+            Tracker(max_publishers=bad)

@@ -4,8 +4,8 @@
 frames between sockets and this core and wait; every decision is made here, once.
 
 - ``Tracker``: frames in, messages out.  Decoding, repeats (same ``pub`` and ``seq``), gaps in a
-  publisher's ``seq``, the queue of messages ready to hand out, the seam between a history
-  snapshot and live messages.
+  publisher's ``seq`` (for the ``max_publishers`` most recently seen publishers), the queue of
+  messages ready to hand out, the seam between a history snapshot and live messages.
 - Plans: the dialogues with the broker's history service (``Tracker.replay``, ``catch_up``,
   ``recover``, ``due``) are generators that yield a ``Request`` and are sent its reply's frames
   (None: no answer in time).  A shell drives one with ``Dialogue``: it sends what
@@ -67,6 +67,7 @@ class Counts:
     duplicates: int = 0   # messages seen before (same publisher and seq), skipped
     missed: int = 0       # messages in gaps, gone for good
     recovered: int = 0    # messages of gaps fetched from the broker's history
+    forgotten: int = 0    # publishers forgotten beyond Tracker.max_publishers (see there)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,6 +106,17 @@ RESEND_FIRST = 2.0
 SEAM_POLL_FIRST = 0.5
 SEAM_POLL_MAX = 8.0
 
+# The publishers a Tracker remembers (each one's last seq): the most recently seen ones.  A real subscriber
+# sees one publisher per ansible-runner process, and a publisher is forgotten only after this many others
+# were seen since its last message; the bound is against ids that never end (anyone who may publish can make
+# up ids).  About 2 MB of memory at most.  It should stay above the publishers a history holds (one or so per
+# run: the broker's --history-runs, 100 by default), or a replay of every run forgets the first ones it queued
+# (and the seam's next look at the history hands their runs out again).
+MAX_PUBLISHERS = 10_000
+# A publisher id is any string its publisher chooses (the plugin's are 16 hex digits): the ids remembered hold
+# at most this many characters each on average, so that long made-up ids cannot stretch the bound.
+ID_CHARS = 64
+
 
 @dataclasses.dataclass
 class _Seam:
@@ -127,6 +139,14 @@ class Tracker:
     (``track_gaps``).  The first message of a publisher starts its sequence: joining
     mid-stream is not a gap.
 
+    It remembers the ``max_publishers`` most recently seen publishers (``MAX_PUBLISHERS``; their
+    ids ``ID_CHARS`` characters each on average at most); beyond them it forgets the least
+    recently seen one (a publisher whose closing report came first; never one with a gap being
+    fetched), counts it in ``counts.forgotten`` and says so once (``on_error``).  A forgotten
+    publisher's next message starts its sequence again, as if it were new: no gap is seen
+    across that point, and a repeat of one of its earlier messages (a copy through the other
+    broker of a redundant pair, a replay) is handed out again.
+
     With ``recovers`` (a history service to ask), ``receive`` returns a plan instead of a
     message when something must be fetched first (a gap, the seam after a replay); once the
     plan has run, the messages are in ``ready``, in order.
@@ -143,7 +163,12 @@ class Tracker:
                  on_gap: Callable[[Gap], None] | None = None,
                  on_invalid: Callable[[list[bytes], ProtocolError], None] | None = None,
                  on_error: Callable[[str], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic, history_name: str = "the history service"):
+                 clock: Callable[[], float] = time.monotonic, history_name: str = "the history service",
+                 max_publishers: int = MAX_PUBLISHERS):
+        if isinstance(max_publishers, bool) or not isinstance(max_publishers, int) or max_publishers < 1:
+            raise ValueError(f"max_publishers: a whole number of at least 1, not {max_publishers!r}")
+        self.max_publishers = max_publishers
+        self._id_chars = 0  # the characters of the publisher ids in last_seq (at most max_publishers * ID_CHARS)
         self.prefixes = tuple(t.encode() if isinstance(t, str) else t for t in topics)
         self.track_gaps = _covers_everything(self.prefixes)
         self.recovers = recovers
@@ -155,7 +180,7 @@ class Tracker:
         self.history_name = history_name  # in what on_error is told
         self.counts = Counts()
         self.gaps: list[Gap] = []
-        self.last_seq: dict[str, int] = {}
+        self.last_seq: collections.OrderedDict[str, int] = collections.OrderedDict()  # least recently seen first
         self._revealed_by: Message | None = None  # the message after the gap being recovered
         self._filling: dict[str, int] = {}  # publisher -> first seq of a gap being fetched (counted in last_seq)
         self._seam: _Seam | None = None
@@ -183,11 +208,16 @@ class Tracker:
             self.counts.invalid += 1
             self.on_invalid(frames, exc)
             return None
-        last = self.last_seq.get(msg.publisher)
+        last_seq = self.last_seq
+        last = last_seq.get(msg.publisher)
         if last is not None and msg.seq <= last:  # a publisher's seq only grows: this is a repeat
             self.counts.duplicates += 1
             return None
-        self.last_seq[msg.publisher] = msg.seq
+        if last is None or msg.kind == "publisher":
+            self._note(msg.publisher, msg.seq, closed=msg.kind == "publisher")
+        else:  # (the hot path: _note's work inline; a known publisher does not add to the publishers)
+            last_seq[msg.publisher] = msg.seq
+            last_seq.move_to_end(msg.publisher)
         self.counts.received += 1
         if detect_gaps and self.track_gaps and last is not None and msg.seq > last + 1:
             gap = Gap(msg.publisher, last + 1, msg.seq - 1)
@@ -242,8 +272,52 @@ class Tracker:
         """Record and report messages that are gone for good (they count as passed: never reported twice)."""
         self.gaps.append(gap)
         self.counts.missed += gap.count
-        self.last_seq[gap.publisher] = max(self.last_seq.get(gap.publisher, 0), gap.last)
+        if gap.publisher in self.last_seq:  # (its place among the publishers stays its last message's)
+            self.last_seq[gap.publisher] = max(self.last_seq[gap.publisher], gap.last)
+        else:
+            self._note(gap.publisher, gap.last)
         self.on_gap(gap)
+
+    def restore(self, positions: dict[str, int]) -> None:
+        """Take ``positions`` (saved from ``positions()``, least recently seen first) as seen."""
+        for publisher, seq in positions.items():
+            self._note(publisher, seq)
+
+    def _note(self, publisher: str, seq: int, closed: bool = False) -> None:
+        """``seq`` is the last seen of ``publisher``, now the most recently seen publisher; or, ``closed``
+        (its closing report: nothing more is to come), the first to forget.  Not forgotten at once:
+        a repeat of its messages (through the other broker of a redundant pair) is still recognised."""
+        last_seq = self.last_seq
+        if publisher not in last_seq:
+            self._id_chars += len(publisher)
+        last_seq[publisher] = seq
+        if closed:
+            last_seq.move_to_end(publisher, False)
+        else:
+            last_seq.move_to_end(publisher)
+        if self._too_many():
+            self._forget(publisher)
+
+    def _too_many(self) -> bool:
+        return len(self.last_seq) > self.max_publishers or self._id_chars > self.max_publishers * ID_CHARS
+
+    def _forget(self, but: str) -> None:
+        """Forget the least recently seen publishers beyond ``max_publishers`` (or their ids' characters
+        beyond ``ID_CHARS`` each), except ``but`` and those with a gap being fetched (they stay beyond the
+        bound until it is filled)."""
+        while self._too_many():
+            for publisher in self.last_seq:
+                if publisher != but and publisher not in self._filling:
+                    break
+            else:
+                return
+            del self.last_seq[publisher]
+            self._id_chars -= len(publisher)
+            self.counts.forgotten += 1
+            if self.counts.forgotten == 1:
+                self.on_error(f"more than {self.max_publishers} publishers seen (fewer if their ids are long): "
+                              "forgetting the least recently seen ones (counted); a forgotten publisher's next "
+                              "message starts its sequence again (no gap or repeat is seen across that point)")
 
     # -- plans: the dialogues with the history service ------------------------------------
 
@@ -325,7 +399,7 @@ class Tracker:
             last = self.last_seq.get(pub["publisher"])
             if last is not None and pub["last_seq"] > last:
                 gaps.append(Gap(pub["publisher"], last + 1, pub["last_seq"]))
-                self.last_seq[pub["publisher"]] = pub["last_seq"]
+                self._note(pub["publisher"], pub["last_seq"])
                 self._filling.setdefault(pub["publisher"], last + 1)
         return gaps
 

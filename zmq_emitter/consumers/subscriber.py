@@ -44,7 +44,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 from .. import protocol, security
 from ..protocol import Message, ProtocolError
-from .core import Counts, Dialogue, Gap, Histories, Plan, Request, Tracker, _warn
+from .core import MAX_PUBLISHERS, Counts, Dialogue, Gap, Histories, Plan, Request, Tracker, _warn
 from ..link import MONITOR_EVENTS, Link
 
 __all__ = ["AsyncSubscriber", "Counts", "Gap", "Subscriber", "Tracker", "subscriptions", "DEFAULT_ENDPOINT"]
@@ -104,7 +104,8 @@ class _SubscriberBase:
 
     def __init__(self, context: zmq.Context, own_context: bool, endpoints: str | Iterable[str],
                  topics: Iterable[bytes | str], on_gap, on_invalid, on_error, rcvhwm: int, curve_server_key,
-                 curve_secret_key_file, history: str | Iterable[str] | None, history_timeout: float):
+                 curve_secret_key_file, history: str | Iterable[str] | None, history_timeout: float,
+                 max_publishers: int):
         self._curve = security.ClientCurve.load(curve_server_key, curve_secret_key_file)  # docs/security.md
         self._own_context = own_context
         self.context = context
@@ -117,7 +118,8 @@ class _SubscriberBase:
         self.history = None if history is None else self.histories.endpoints
         self.tracker = Tracker(topics, recovers=history is not None, on_gap=on_gap, on_invalid=on_invalid,
                                on_error=self.on_error,
-                               history_name=self.histories.name if history is not None else "no history service")
+                               history_name=self.histories.name if history is not None else "no history service",
+                               max_publishers=max_publishers)
         self._rcvhwm = rcvhwm
         self.history_timeout = history_timeout
         self._dealers: dict[int, zmq.Socket] = {}  # history endpoint index -> its DEALER
@@ -224,7 +226,8 @@ class Subscriber(_SubscriberBase):
     (``core.Dialogue``); ``history_timeout`` bounds each request over all of them.  ``on_error(text)`` hears of
     trouble worth telling a person once (default: a log warning): a broker that refuses this
     subscriber's CURVE key (it is tried again, with a back-off), an endpoint not reached after
-    a moment, a history service that does not answer or refuses a request.
+    a moment, a history service that does not answer or refuses a request, publishers forgotten.
+    ``max_publishers``: how many publishers to remember, the most recently seen (``Tracker``).
 
         with Subscriber("tcp://127.0.0.1:5558", history="tcp://127.0.0.1:5559") as sub:
             sub.replay("my-run")
@@ -238,9 +241,10 @@ class Subscriber(_SubscriberBase):
                  on_error: Callable[[str], None] | None = None,
                  rcvhwm: int = 100_000, context: zmq.Context | None = None,
                  curve_server_key: str | bytes | None = None, curve_secret_key_file: str | None = None,
-                 history: str | Iterable[str] | None = None, history_timeout: float = 5.0):
+                 history: str | Iterable[str] | None = None, history_timeout: float = 5.0,
+                 max_publishers: int = MAX_PUBLISHERS):
         super().__init__(context or zmq.Context(), context is None, endpoints, topics, on_gap, on_invalid, on_error,
-                         rcvhwm, curve_server_key, curve_secret_key_file, history, history_timeout)
+                         rcvhwm, curve_server_key, curve_secret_key_file, history, history_timeout, max_publishers)
         self._poller = zmq.Poller()
         self._poller.register(self.socket, zmq.POLLIN)
         self._poller.register(self._monitor, zmq.POLLIN)
@@ -283,7 +287,7 @@ class Subscriber(_SubscriberBase):
 
     def resume(self, positions: dict[str, int]) -> int | None:
         """Go on from ``positions`` (a ``positions`` saved earlier, e.g. by a process that restarted)."""
-        self.tracker.last_seq.update(positions)
+        self.tracker.restore(positions)
         return self.catch_up()
 
     def reconnect(self) -> int | None:
@@ -392,9 +396,11 @@ class AsyncSubscriber(_SubscriberBase):
                  on_error: Callable[[str], None] | None = None,
                  rcvhwm: int = 100_000, context: zmq.asyncio.Context | None = None,
                  curve_server_key: str | bytes | None = None, curve_secret_key_file: str | None = None,
-                 history: str | Iterable[str] | None = None, history_timeout: float = 5.0):
+                 history: str | Iterable[str] | None = None, history_timeout: float = 5.0,
+                 max_publishers: int = MAX_PUBLISHERS):
         super().__init__(context or zmq.asyncio.Context(), context is None, endpoints, topics, on_gap, on_invalid,
-                         on_error, rcvhwm, curve_server_key, curve_secret_key_file, history, history_timeout)
+                         on_error, rcvhwm, curve_server_key, curve_secret_key_file, history, history_timeout,
+                         max_publishers)
         self._make_poller()
 
     def _make_poller(self) -> None:
@@ -422,7 +428,7 @@ class AsyncSubscriber(_SubscriberBase):
         return await self._run(self.tracker.catch_up())
 
     async def resume(self, positions: dict[str, int]) -> int | None:
-        self.tracker.last_seq.update(positions)
+        self.tracker.restore(positions)
         return await self.catch_up()
 
     async def reconnect(self) -> int | None:
