@@ -11,7 +11,7 @@ from consumer_helpers import message
 
 from zmq_emitter import protocol
 from zmq_emitter.broker.history import History
-from zmq_emitter.consumers.core import (ID_CHARS, PENDING_WAIT, RESEND_FIRST, SEAM_POLL_FIRST, SEAM_POLL_MAX,
+from zmq_emitter.consumers.core import (ID_CHARS, MAX_GAPS, PENDING_WAIT, RESEND_FIRST, SEAM_POLL_FIRST, SEAM_POLL_MAX,
                                        Dialogue, Gap, Pause, Request, Tracker)
 from zmq_emitter.link import Link
 
@@ -329,6 +329,14 @@ def test_forged_publisher_ids_beyond_the_bound_are_forgotten_least_recent_first_
     assert tracker.accept(run_message(seq + 3, "r")).seq == seq + 3  # and its gaps still seen
     assert tracker.gaps == [Gap(P, seq + 1, seq + 2)]
     assert tracker.accept(forged(0)) is not None  # a forgotten publisher's repeat starts it again (documented)
+
+
+def test_a_publisher_jumping_its_seq_on_every_message_keeps_the_gap_list_bounded_and_the_count_exact():
+    tracker = Tracker(on_gap=lambda gap: None)
+    for i in range(3 * MAX_GAPS):
+        tracker.accept(message("jumper", 2 * i + 1, "event", "x"))  # 1, 3, 5...: one lost message before each
+    assert tracker.counts.missed == 3 * MAX_GAPS - 1
+    assert len(tracker.gaps) <= MAX_GAPS and tracker.gaps[-1] == Gap("jumper", 6 * MAX_GAPS - 2, 6 * MAX_GAPS - 2)
 
 
 def test_long_made_up_publisher_ids_cannot_stretch_the_bound():

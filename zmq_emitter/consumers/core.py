@@ -116,6 +116,9 @@ MAX_PUBLISHERS = 10_000
 # A publisher id is any string its publisher chooses (the plugin's are 16 hex digits): the ids remembered hold
 # at most this many characters each on average, so that long made-up ids cannot stretch the bound.
 ID_CHARS = 64
+# The gaps a Tracker lists (``gaps``): the most recent ones.  ``counts.missed`` counts every lost message; the list
+# is for showing them, and a publisher jumping its seq on every message would otherwise add one gap per message.
+MAX_GAPS = 1_000
 
 
 @dataclasses.dataclass
@@ -271,6 +274,8 @@ class Tracker:
     def lost(self, gap: Gap) -> None:
         """Record and report messages that are gone for good (they count as passed: never reported twice)."""
         self.gaps.append(gap)
+        if len(self.gaps) > MAX_GAPS:  # the oldest half goes: the list stays a list, the count stays exact
+            del self.gaps[:MAX_GAPS // 2]
         self.counts.missed += gap.count
         if gap.publisher in self.last_seq:  # (its place among the publishers stays its last message's)
             self.last_seq[gap.publisher] = max(self.last_seq[gap.publisher], gap.last)

@@ -20,7 +20,7 @@ Nothing missed, or told exactly what (docs/reliability.md)::
     sub.replay("my-run")      # the run's history first, then live messages, no gap or repeat at the seam
     ...                       # a gap in a publisher's seq is fetched from the history, in order
     sub.reconnect()           # new connections, then everything that passed meanwhile
-    sub.gaps                  # what the history no longer held: publisher and seq range
+    sub.gaps                  # what the history no longer held: publisher and seq range (the last 500-1,000)
 
 A redundant pair of brokers: connect to both, ask either history (the one that answers)::
 
