@@ -113,8 +113,8 @@ def _memory(figure: dict, ax) -> None:
     data = figure["data"]
     for key, colour in (("history_on", "#4c72b0"), ("history_off", "#dd8452")):
         if key in data:
-            curve = data[key]["curve_rss_kib"]  # (calls made, VmRSS) after every tenth of the calls
-            ax.plot([calls for calls, _ in curve], [kib / 1024 for _, kib in curve], marker="o", color=colour,
+            curve = data[key]["curve_rss_kib"]  # (calls made, VmRSS) after every fiftieth of the calls
+            ax.plot([calls for calls, _ in curve], [kib / 1024 for _, kib in curve], marker=".", color=colour,
                     label=key.replace("_", " "))
             for point, marker in (("flushed", "s"), ("trimmed", "v")):  # after the calls: flush, then malloc_trim
                 ax.plot([curve[-1][0]], [data[key]["rss_kib"][point] / 1024], marker=marker, color=colour,

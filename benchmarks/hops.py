@@ -21,7 +21,7 @@ from zmq_emitter.runner import plugin
 
 from . import common
 from .hotpath import publisher_of
-from .latency import _one as latency_of
+from .latency import _one as latency_of, through
 
 PATHS = {"one": "runner -> broker -> subscriber", "two": "runner -> edge -> central -> subscriber"}
 
@@ -59,7 +59,7 @@ def run(corpus: list[dict], reps: int, n: int, rates=(1000,), seconds: float = 2
                 _throughput(configs[path], subs[path], common.cycle(corpus, n), f"{tmp}/t-{path}-{rep}"))
             for rate in rates:
                 events = common.cycle(corpus, max(10, int(rate * seconds)))
-                samples[path][rate].append(latency_of(configs[path], subs[path], events, rate,
+                samples[path][rate].append(latency_of(through(configs[path]), subs[path], events, rate,
                                                       f"{tmp}/l-{path}-{rep}-{rate}"))
     data: dict = {}
     rows = []

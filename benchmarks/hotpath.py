@@ -44,8 +44,9 @@ def publisher_of(config):
 SMALL = ", small events"  # the suffix of the small-event corpus's contenders
 
 
-def run(corpus: list[dict], reps: int, n: int, small: list[dict] | None = None) -> dict:
-    """The figure on the large-event ``corpus`` and, if given, on the ``small``-event one (median ~1 KB)."""
+def run(corpus: list[dict], reps: int, n: int, small: list[dict] | None = None, burst: int = 0) -> dict:
+    """The figure on the large-event ``corpus`` and, if given, on the ``small``-event one (median ~1 KB); then,
+    if ``burst``, that many calls at full speed on each corpus through the default broker (table 1c)."""
     corpora = {"": common.cycle(corpus, n)}
     if small is not None:
         corpora[SMALL] = common.cycle(small, n)
@@ -123,6 +124,8 @@ def run(corpus: list[dict], reps: int, n: int, small: list[dict] | None = None) 
             samples[(who, name)]["parts"].append({part: seconds / n * 1e6 for part, seconds in cpu_parts(used).items()})
         floor.close(linger=0)
         ctx.term()
+        bursts = {suffix.lstrip(", ") or "large events": run_burst(plugins["json" + suffix][0], events, burst)
+                  for suffix, events in corpora.items()} if burst else {}
 
     data = {f"{who}_{name}": {"e2e_per_s": common.summary(s["e2e"]), "calls_per_s": common.summary(s["calls"]),
                               "cpu_us_per_event": common.summary(s["cpu"]), "lost": sum(s["lost"]),
@@ -150,12 +153,43 @@ def run(corpus: list[dict], reps: int, n: int, small: list[dict] | None = None) 
         rows.append([f"floor: encode + 2 raw sends ({name})", common.spread(f["e2e_per_s"]),
                      common.spread(f["calls_per_s"]), common.spread(f["cpu_us_per_event"], "{:.1f}"),
                      f"{f['lost']}/{f['sent']}", "-", "1.00"])
-    return {"title": f"1. Hot path, end to end through a broker process (history on unless said; large-event corpus "
+    figure = {"title": f"1. Hot path, end to end through a broker process (history on unless said; large-event corpus "
                      f"unless said) ({n} events x {reps} reps, events/s)",
             "headers": ["contender", "end to end /s median (min-max)", "calls /s (sender side)",
                         "sender CPU us/event (flush included)", "lost/sent (distinct)", "pushed out unacknowledged",
                         "ratio to floor"],
             "rows": rows, "data": data, "targets": targets, "tables": [cpu_table(data, plugins, floors)]}
+    if bursts:
+        data["bursts"] = bursts
+        figure["tables"].append(burst_table(bursts, burst))
+        pushed = sum(b["unconfirmed"] + b["dropped"] for b in bursts.values())
+        targets.append({"target": f"a {burst:,}-event burst at full speed ends with nothing pushed out of the "
+                                  "plugin's buffer (default broker, each corpus)",
+                        "value": f"{pushed} pushed out", "met": pushed == 0})
+    return figure
+
+
+def run_burst(config, events: list, burst: int) -> dict:
+    """``burst`` event_handler calls at full speed (``events`` cycled), then a flush: what the plugin had to push out
+    of its bounded buffer because the broker's history did not acknowledge in time (or could not take it at all)."""
+    publisher = publisher_of(config)
+    before = (publisher.unconfirmed, publisher.dropped)
+    calls, handler = common.cycle(events, burst), plugin.event_handler
+    t0 = time.monotonic()
+    for event in calls:
+        handler(config, event)
+    seconds = time.monotonic() - t0
+    settled = publisher.flush(60)
+    return {"calls_per_s": burst / seconds, "unconfirmed": publisher.unconfirmed - before[0],
+            "dropped": publisher.dropped - before[1], "settled": settled}
+
+
+def burst_table(bursts: dict, burst: int) -> dict:
+    rows = [[corpus, f"{b['calls_per_s']:,.0f}", str(b["unconfirmed"]), str(b["dropped"]),
+             "yes" if b["settled"] else "NO (60 s)"] for corpus, b in bursts.items()]
+    return {"title": f"1c. A burst of {burst:,} event_handler calls at full speed through the default broker (json)",
+            "headers": ["corpus", "calls/s", "pushed out unacknowledged", "pushed out unsent (lost)",
+                        "all acknowledged after"], "rows": rows}
 
 
 # Where the CPU of one event goes: each party's threads, by the names the project gives them (zmq_emitter/_threads.py)

@@ -60,6 +60,16 @@ def paced_raw(sock: zmq.Socket, events: list, rate: float) -> tuple[array, int, 
     return sent, t_start, time.monotonic_ns()
 
 
+def through(runner_config):
+    """The ``send`` of ``_one`` for event_handler calls with ``runner_config``: paced, then the plugin's buffer flushed
+    (what it deferred arrives within the measurement)."""
+    def send(events: list, rate: float) -> tuple[array, int, int]:
+        result = paced_calls(runner_config, events, rate)
+        publisher_of(runner_config).flush(30)
+        return result
+    return send
+
+
 def _one(send, sub, events: list, rate: float, path: str) -> dict:
     """One repetition at ``rate``: ``send(events, rate)`` paces the calls and returns what ``paced_calls`` does."""
     n = len(events)
@@ -95,13 +105,6 @@ def run(corpus: list[dict], reps: int, rates=(1000, 10000), seconds: float = 2.0
         floor.setsockopt(zmq.XPUB_NODROP, 1)
         floor.connect(proxy.frontend)
         common.connect_through(lambda: floor.send_multipart([b"event/floor/runner_on_ok", b"{}"]), [floor_sub])
-
-        def through(runner_config):
-            def send(events: list, rate: float) -> tuple[array, int, int]:
-                result = paced_calls(runner_config, events, rate)
-                publisher_of(runner_config).flush(30)
-                return result
-            return send
 
         paths = {"broker": (through(config), sub), "broker --history none": (through(plain_config), plain_sub),
                  "floor": (lambda events, rate: paced_raw(floor, events, rate), floor_sub)}

@@ -43,6 +43,7 @@ FIGURES = ("hotpath", "peers", "fanout", "latency", "playbook", "memory", "hops"
 SIZES = {
     "reps": (5, 2),
     "hotpath_n": (20_000, 1_000),
+    "hotpath_burst": (150_000, 2_000),  # the burst the history must keep up with (issue: the hot path at the floor)
     "peers_fast": (20_000, 1_000),
     "peers_slow": (300, 30),
     "fanout_n": (50_000, 2_000),
@@ -104,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
 
     runners = {
-        "hotpath": lambda: hotpath.run(corpus, reps, size["hotpath_n"], small=common.load_corpus("small")),
+        "hotpath": lambda: hotpath.run(corpus, reps, size["hotpath_n"], small=common.load_corpus("small"),
+                                        burst=size["hotpath_burst"]),
         "peers": lambda: peers.run(corpus, reps, size["peers_fast"], size["peers_slow"]),
         "fanout": lambda: fanout.run(corpus_path, args.reps or size["fanout_reps"], size["fanout_n"],
                                      size["fanout_rate"], size["fanout_seconds"]),

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import zmq
 
+from benchmarks import hotpath
+
 ROOT = Path(__file__).resolve().parent.parent
 FIGURES = ["hotpath", "peers", "fanout", "latency", "playbook", "memory", "hops", "eda", "stores", "web", "profile"]
 
@@ -49,6 +51,15 @@ def test_quick_benchmarks_run_every_figure_and_lose_nothing(tmp_path):
         for count in (1, 10, 100):
             assert fan[f"fanout_{count}_{kind}"]["lost"] == 0
             assert fan[f"fanout_{count}_{kind}"]["expected"] > 0
+
+    bursts = figures["hotpath"]["data"]["bursts"]  # table 1c: a burst on each corpus, nothing lost, all acknowledged
+    assert set(bursts) == {"large events", "small events"}
+    assert all(b["dropped"] == 0 and b["settled"] for b in bursts.values()), bursts
+    assert all(set(part) == set(hotpath.PARTS) for part in  # table 1b: the CPU of every part of the path
+               (d["cpu_parts_us_per_event"] for key, d in figures["hotpath"]["data"].items() if key != "bursts"))
+    for path in ("broker --history none", "floor"):  # figure 4's baselines, received whole and in order
+        for rate, d in figures["latency"]["baselines"][path].items():
+            assert d["lost"] == 0 and d["in_order"], (path, rate)
 
     for rate, d in figures["latency"]["data"].items():
         assert d["lost"] == 0 and d["in_order"], rate

@@ -86,6 +86,8 @@ class BrokerError(RuntimeError):
 
 _FRAMES = 3  # topic, header, payload (protocol.py)
 _BATCH = 500  # captured messages the history thread records before it acknowledges
+_FEW = 50  # a batch of fewer messages than this: light traffic, the history thread waits _PAUSE seconds
+_PAUSE = 0.002
 
 # The sides whose connections the manager thread watches (the ZAP domains of security.ServerCurve), and the
 # monitor events that end a handshake refused, with the reason they stand for.
@@ -504,8 +506,10 @@ class Broker:
             if ack_at is not None:  # an acknowledgement held back (Acknowledgements.interval) is due then
                 timeout = min(timeout, max(0, math.ceil((ack_at - time.monotonic()) * 1000)))
             ready = dict(poller.poll(timeout))
+            recorded = 0
             if captured in ready:
-                full = record(_BATCH) >= _BATCH  # a small batch, then acknowledge: publishers free their buffers sooner
+                recorded = record(_BATCH)
+                full = recorded >= _BATCH  # a small batch, then acknowledge: publishers free their buffers sooner
             if replier in ready:
                 # Everything forwarded before the request came is recorded first: a subscriber
                 # fetching a gap it has just seen finds messages the proxy forwarded before it.
@@ -542,6 +546,14 @@ class Broker:
                 upstream.read()
                 upstream.pump(history, now, heard)
             heard.clear()
+            if captured in ready and recorded < _FEW and replier not in ready and upstream is None:
+                # A few messages at a time (a playbook's pace, or 10,000 events/s): let more come before the next
+                # look.  Each wake-up costs more than the messages it records, and this thread competes with the
+                # forwarding (proxy, libzmq's I/O) for the cores.  Never when more came: near its capacity (a flood)
+                # every pause would be throughput lost, the capture socket's queue would overflow, and runners
+                # would keep, then push out, what the history did not get to acknowledge.  (Not on an edge
+                # broker: this thread forwards upstream, and the pause would add to every hop.)
+                time.sleep(_PAUSE)
         history.close()
 
     def _write_journal(self, now: float) -> bool:
