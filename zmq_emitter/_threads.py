@@ -20,8 +20,8 @@ def thread(target: Callable[[], object], name: str) -> threading.Thread:
     """A daemon thread called ``name`` in Python and ``os_name(name)`` in the OS (where it can be set)."""
     def run() -> None:
         try:  # Linux; elsewhere the thread keeps the process's name
-            with open(f"/proc/self/task/{threading.get_native_id()}/comm", "w") as comm:
-                comm.write(os_name(name))
+            with open(f"/proc/self/task/{threading.get_native_id()}/comm", "wb") as comm:
+                comm.write(os_name(name).encode())  # (bytes: whatever the locale's encoding)
         except OSError:
             pass
         target()
