@@ -384,6 +384,22 @@ def test_a_publisher_with_a_gap_being_fetched_is_not_forgotten():
     assert tracker.accept(run_message(6, "r")).seq == 6 and tracker.gaps == []
 
 
+def test_a_replay_of_more_publishers_than_the_bound_is_not_handed_out_again_by_the_seams_next_look():
+    """Made-up ids stored in a history (more publishers than max_publishers) would otherwise make every look of
+    the seam hand the forgotten publishers' messages out again, until a live message comes."""
+    history = History()
+    for number in range(5):
+        pub = "%016x" % number
+        record(history, message(pub, 1, "event", f"run{number}"), message(pub, 2, "event", f"run{number}"))
+    clock = Clock()
+    tracker = Tracker(recovers=True, max_publishers=3, clock=clock, on_error=lambda text: None)
+    assert drive(tracker.replay(None), history) == 10 and len(handed_out(tracker)) == 10
+    for _ in range(3):  # the seam looks again, and again: nothing more to hand out
+        clock.now = tracker.next_due()
+        assert drive(tracker.due(), history) == 0 and handed_out(tracker) == []
+    assert tracker.counts.forgotten == 2
+
+
 def test_restored_positions_are_bounded_too_and_a_bound_below_one_is_refused():
     tracker = Tracker(max_publishers=2, on_error=lambda text: None)
     tracker.restore({"a": 1, "b": 2, "c": 3})  # (positions() lists the least recently seen first)

@@ -109,9 +109,9 @@ SEAM_POLL_MAX = 8.0
 # The publishers a Tracker remembers (each one's last seq): the most recently seen ones.  A real subscriber
 # sees one publisher per ansible-runner process, and a publisher is forgotten only after this many others
 # were seen since its last message; the bound is against ids that never end (anyone who may publish can make
-# up ids).  About 2 MB of memory at most.  It should stay above the publishers a history holds (one or so per
-# run: the broker's --history-runs, 100 by default), or a replay of every run forgets the first ones it queued
-# (and the seam's next look at the history hands their runs out again).
+# up ids).  About 2 MB of memory at most.  A replay of a history holding more publishers than this (made-up ids,
+# or --history-runs far above 10,000) forgets the first ones it queued; while its seam is open the tracker also
+# keeps what the replay handed out (``_replayed``), so the seam's later looks do not hand them out again.
 MAX_PUBLISHERS = 10_000
 # A publisher id is any string its publisher chooses (the plugin's are 16 hex digits): the ids remembered hold
 # at most this many characters each on average, so that long made-up ids cannot stretch the bound.
@@ -186,6 +186,10 @@ class Tracker:
         self.last_seq: collections.OrderedDict[str, int] = collections.OrderedDict()  # least recently seen first
         self._revealed_by: Message | None = None  # the message after the gap being recovered
         self._filling: dict[str, int] = {}  # publisher -> first seq of a gap being fetched (counted in last_seq)
+        # publisher -> the highest seq a replay handed out from the history, while its seam is open: a publisher the
+        # bound made this tracker forget (a history holding more than max_publishers publishers) is not handed out
+        # again by the seam's next look.  As large as the history's answer; emptied when the seam closes.
+        self._replayed: dict[str, int] = {}
         self._seam: _Seam | None = None
         self._history_trouble: str | None = None  # reported once until the history answers again
 
@@ -371,9 +375,12 @@ class Tracker:
         it), or None if the history did not answer.  Live messages then join without a gap
         or repeat (the seam, see the module docstring).
         """
+        self._replayed = {}
         queued = yield from self._sync(ident)
         if queued is not None and self.recovers and not self._ended(ident):
             self._open_seam(ident)
+        else:
+            self._replayed = {}
         return queued
 
     def catch_up(self) -> Plan:
@@ -422,7 +429,7 @@ class Tracker:
     def _seam_poll(self, scope: str | None) -> Plan:
         queued = yield from self._seam_catch_up(scope)
         if self._seam is not None and self._ended(scope):
-            self._seam = None  # the run is over: nothing of it can come live any more
+            self._seam, self._replayed = None, {}  # the run is over: nothing of it can come live any more
         return queued
 
     def _ended(self, ident: str | None) -> bool:
@@ -439,7 +446,9 @@ class Tracker:
 
     def _close_seam(self, frames: list[bytes]) -> Plan:
         scope, self._seam = self._seam.scope, None
-        if (yield from self._seam_catch_up(scope)) is None and not self.track_gaps:
+        caught_up = yield from self._seam_catch_up(scope)
+        self._replayed = {}
+        if caught_up is None and not self.track_gaps:
             # (a subscription to everything sees such a loss as a gap in seq, and recovers or reports it)
             self.on_error("could not ask the history for what was published while this subscription was "
                           "being set up: messages of that moment may be missing")
@@ -461,14 +470,14 @@ class Tracker:
         if answer is None:
             return None
         history_last = {p["publisher"]: p["last_seq"] for p in _publishers_of(answer[0])}
-        before = dict(self.last_seq)  # handed out or reported already: never reported again
+        before = self._handed_out()  # handed out or reported already: never reported again
         messages: list[list[bytes]] = []
         missing: list[Gap] = []
         pending: list[Gap] = []
         for run in _runs_of(answer[0]):
             if ident is not None and run["ident"] != ident:
                 continue
-            seen = [self.last_seq.get(pub, 0) for pub in run["publishers"]]
+            seen = [before.get(pub, 0) for pub in run["publishers"]]
             if seen and all(history_last.get(pub, 0) <= last for pub, last in zip(run["publishers"], seen)):
                 continue  # nothing new
             reply = yield Request("replay", {"ident": run["ident"], "from_seq": min(seen, default=0) + 1})
@@ -482,9 +491,18 @@ class Tracker:
         missing.extend(pending)  # what of it did not come (given up, or still pending after the wait): lost
         missing = [Gap(g.publisher, max(g.first, before.get(g.publisher, 0) + 1), g.last) for g in missing
                    if g.last > before.get(g.publisher, 0)]
-        return self._queue_merged(messages, missing)
+        return self._queue_merged(messages, missing, replayed=before)
 
-    def _queue_merged(self, batches: list[list[bytes]], missing: list[Gap]) -> int:
+    def _handed_out(self) -> dict[str, int]:
+        """Per publisher, the last seq handed out or reported: ``last_seq``, and what the open replay handed out."""
+        handed = dict(self._replayed)
+        for pub, seq in self.last_seq.items():
+            if seq > handed.get(pub, 0):
+                handed[pub] = seq
+        return handed
+
+    def _queue_merged(self, batches: list[list[bytes]], missing: list[Gap],
+                      replayed: dict[str, int] | None = None) -> int:
         """Queue history messages per publisher in seq order (publishers in order of first
         appearance), each once; then report what ``missing`` says is gone and was not queued."""
         decoded: dict[str, dict[int, list[bytes]]] = {}
@@ -499,12 +517,17 @@ class Tracker:
             if bytes(frames[0]).startswith(self.prefixes):  # a run's events, say, to a subscription to its statuses
                 decoded.setdefault(env.publisher, {})[env.seq] = frames
         queued = 0
-        for by_seq in decoded.values():
+        for pub, by_seq in decoded.items():
             for seq in sorted(by_seq):
+                if replayed is not None and seq <= replayed.get(pub, 0):  # handed out by this replay already
+                    self.counts.duplicates += 1
+                    continue
                 msg = self.accept(by_seq[seq], detect_gaps=False)
                 if msg is not None:
                     self.ready.append(dataclasses.replace(msg, from_history=True))
                     queued += 1
+                    if replayed is not None:
+                        self._replayed[pub] = seq
         for gap in _merge_ranges(missing, returned):
             self.lost(gap)
         return queued
