@@ -156,6 +156,27 @@ def test_a_hole_the_publisher_cannot_fill_is_given_up_counted_as_missed_and_ackn
     assert history.fetch("p1", 1, seq)[1] == [["p1", 3, 4]]  # reported missing, never silently left out
 
 
+def test_every_hole_the_requests_covered_is_given_up_together_not_one_at_a_time(caplog):
+    """A request asks for everything kept after the first hole: holes the answers did not fill are gone too."""
+    history = History()
+    acks = Acknowledgements(history, "b", "t")
+    hear(history, acks, 1, 2, 5, 6, 9, 12)          # holes 3-4, 7-8, 10-11 (the capture dropped them)
+    now, seq = 0.0, 12
+    for _ in range(acks.give_up_after):
+        ack = acks.due(now)
+        assert ack.resend == {"p1": 2}
+        seq += 1
+        hear(history, acks, seq)                     # it answers, but has none of them any more
+        now += acks.retry_after
+    hear(history, acks, seq + 2)                     # a hole after the requests began (seq + 1): not covered
+    with caplog.at_level("WARNING", logger="zmq_emitter.broker"):
+        ack = acks.due(now)
+    pub = history.publishers["p1"]
+    assert pub.missed == 6 and pub.holes == [[seq + 1, seq + 1]]
+    assert ack.acks == {"p1": seq} and ack.resend == {"p1": seq}  # past all three at once; the new one asked for
+    assert "3..4, 7..8, 10..11" in caplog.text and "6 messages counted as missed" in caplog.text
+
+
 def test_a_hole_is_not_given_up_while_the_publisher_does_not_answer_until_the_long_bound():
     history = History()
     acks = Acknowledgements(history, "b", "t")

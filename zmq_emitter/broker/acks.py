@@ -15,7 +15,8 @@ the ``protocol.Ack`` it returns; nothing here touches a socket or a clock.
   after the request, yet not the hole: it no longer has those messages, e.g. pushed out of
   its full buffer), or ``abandon_after`` seconds after the first request whatever happened
   (a publisher that went away).  The history counts the hole as ``missed`` and reports it
-  as missing; it is never acknowledged as received without being counted.
+  as missing; it is never acknowledged as received without being counted.  Every later hole
+  those requests covered (each asks for everything after ``acked``) goes with it.
 
     >>> from zmq_emitter.broker.history import History
     >>> history = History()
@@ -46,6 +47,7 @@ class _Request:
     acked: int
     at: float          # when it was sent
     first_at: float    # when this hole was first asked for
+    covers: int = 0    # the highest seq recorded then: every hole up to it was asked for too (all after ``acked``)
     times: int = 1
     answered: bool = False  # messages of the publisher came after it
 
@@ -114,6 +116,22 @@ class Acknowledgements:
         """When ``due`` has an acknowledgement held back by ``interval`` to hand out (None: nothing waits)."""
         return self._acked_at + self.interval if self._unacknowledged and not self.paused else None
 
+    def _give_up(self, publisher: str, request: _Request) -> None:
+        """Count as missed the first hole and every later one the requests covered.  A request asks for everything
+        kept after ``acked``: what the publisher did not send again of the first hole it no longer has of those
+        either (after a flood that overflowed the capture, there can be hundreds: one at a time, each asked for
+        ``give_up_after`` times, the acknowledgements took minutes to move past them)."""
+        holes: list[tuple[int, int]] = []
+        while True:
+            pub = self.history.publishers.get(publisher)
+            if pub is None or not pub.holes or (holes and pub.holes[0][1] > request.covers):
+                break
+            holes.append(self.history.give_up(publisher))
+        shown = ", ".join(f"{first}..{last}" for first, last in holes[:3]) + (
+            f" and {len(holes) - 3} more ranges" if len(holes) > 3 else "")
+        log.warning("history: publisher %s did not send seq %s again after %d requests; %d messages counted as "
+                    "missed", publisher, shown, request.times, sum(last - first + 1 for first, last in holes))
+
     def _request(self, publisher: str, now: float, resend: dict[str, int]) -> None:
         pub = self.history.publishers.get(publisher)
         request = self._requests.get(publisher)
@@ -126,15 +144,13 @@ class Acknowledgements:
         if request is None or (request.acked != acked and now - request.at >= self.min_interval):
             # A new first hole: ask at once, or, after a request that filled the hole before it, once
             # that request's messages had time to come (asking during them would repeat them all).
-            self._requests[publisher] = _Request(acked, now, now)
+            self._requests[publisher] = _Request(acked, now, now, covers=pub.last_seq)
             resend[publisher] = acked
             return
         if now - request.at < self.retry_after:
             return
         if (request.answered and request.times >= self.give_up_after) or now - request.first_at >= self.abandon_after:
-            first, last = self.history.give_up(publisher)
-            log.warning("history: publisher %s did not send seq %d..%d again after %d requests; counted as "
-                        "missed", publisher, first, last, request.times)
+            self._give_up(publisher, request)
             del self._requests[publisher]
             self._unacknowledged.add(publisher)  # its acknowledgement moves past the hole
             self._request(publisher, now, resend)  # the next hole, if any
