@@ -142,7 +142,10 @@ def test_the_installed_wheel_carries_a_real_run_from_ansible_runner_to_tail(venv
     lines = [json.loads(line) for line in out.splitlines()]
     events = [line["event"] for line in lines if "event" in line]
     statuses = [line["status"] for line in lines if "status" in line and "event" not in line]
-    assert events[0] == "playbook_on_start" and events[-1] == "playbook_on_stats"
+    # Output before the playbook starts comes as `verbose` events (cryptography 51 warns on import that DSA is
+    # deprecated, in a fresh environment from PyPI): the playbook's own events start and end the run.
+    played = [event for event in events if event != "verbose"]
+    assert played[0] == "playbook_on_start" and played[-1] == "playbook_on_stats"
     assert "runner_on_ok" in events
     assert statuses[0] == "starting" and statuses[-1] == "successful" and FINAL_STATUSES & set(statuses)
     # The same events ansible-runner wrote to its artifacts, each once.
