@@ -101,7 +101,7 @@ def test_quick_benchmarks_run_every_figure_and_lose_nothing(tmp_path):
     paired = runs["paired_zmq_vs_off"]
     assert len(paired["differences"]) == 2 and paired["ci95"][0] <= paired["median"] <= paired["ci95"][1]
 
-    drawn = ["hotpath", "fanout", "latency", "playbook", "memory"] + [
+    drawn = ["hotpath", "hotpath_cpu", "fanout", "latency", "playbook", "memory"] + [
         name for name in ("eda", "stores") if "skipped" not in figures[name]]
     for name in drawn:  # the charts of RESULTS.md, drawn from the JSON
         assert (tmp_path / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
