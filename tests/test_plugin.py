@@ -465,6 +465,50 @@ def test_the_publishers_socket_is_only_ever_used_by_the_thread_holding_its_lock(
     assert misuse == []
 
 
+def test_after_a_refused_send_the_hot_path_leaves_the_socket_alone_and_keeps_messages_in_order(tmp_path,
+                                                                                            monkeypatch):
+    """A full queue (XPUB_NODROP) refuses a send with an exception: for _RETRY_INTERVAL after one, the handlers'
+    messages go to the buffer without touching the socket (libzmq takes sends again only once its reader drained
+    half the queue, and every refused try costs an exception), and are sent later, in order."""
+    from zmq_emitter.runner.config import Config
+
+    monkeypatch.setattr(plugin, "_RETRY_INTERVAL", 3600.0)  # the back-off, made long enough to observe
+    context = zmq.Context()
+    peer = context.socket(zmq.XSUB)  # subscribes, then does not read: the publisher's queue fills
+    peer.setsockopt(zmq.RCVHWM, 10)
+    handshake = peer.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+    peer.bind(f"ipc://{tmp_path}/peer")
+    publisher = plugin.Publisher(Config(url=(f"ipc://{tmp_path}/peer",), sndhwm=10, linger=0))
+    assert handshake.poll(10_000)
+    peer.send(b"\x01")
+    raw_send, main_thread_sends = plugin._send, []
+
+    def counting_send(sock, data, flags):
+        if threading.current_thread() is threading.main_thread():
+            main_thread_sends.append(data)
+        return raw_send(sock, data, flags)
+    monkeypatch.setattr(plugin, "_send", counting_send)
+    header, payload = publisher.header_prefix("json"), b'"' + b"x" * 10_000 + b'"'
+    deadline = time.monotonic() + 10
+    while not publisher._outbox.subscribed and time.monotonic() < deadline:  # the peer's subscription, read
+        publisher.send(b"event/r/runner_on_ok", header, b"{}")                # by the hot path every 10 ms
+        time.sleep(0.01)
+    for _ in range(20_000):  # until the peer's queue, the kernel's and the publisher's are full
+        publisher.send(b"event/r/runner_on_ok", header, payload)
+        if publisher._retry_at:
+            break
+    assert publisher._retry_at, "the socket never refused a send"
+    refused_at, waiting = len(main_thread_sends), publisher._outbox.waiting
+    for _ in range(100):
+        publisher.send(b"event/r/runner_on_ok", header, payload)
+    assert len(main_thread_sends) == refused_at  # the hot path did not touch the socket again...
+    assert publisher._outbox.waiting == waiting + 100  # ...and kept every message
+    kept = [entry.seq for entry in publisher._outbox.own.unsent]
+    assert kept == sorted(kept) and kept[-1] == publisher._outbox.seq  # in order, the newest last
+    publisher.close()
+    context.destroy(linger=0)
+
+
 # ---------------------------------------------------------------------------------------
 # Memory
 
