@@ -24,7 +24,7 @@ import orjson
 import zmq
 
 from zmq_emitter.runner import plugin
-from zmq_emitter import protocol
+from zmq_emitter import _threads, protocol
 
 from . import common
 
@@ -202,7 +202,8 @@ def cpu_parts(used: dict[str, dict[str, float]]) -> dict[str, float]:
     subscriber processes.  The sender's other threads are idle: its other contenders' sockets."""
     sender, broker, subscriber = used["sender"], used["broker"], used["subscriber"]
     io = sum(seconds for name, seconds in sender.items() if name.startswith("ZMQbg/"))
-    flush, history = sender.get("zmq-flush", 0.0), broker.get("zmq-history", 0.0)
+    flush = sender.get(_threads.os_name("zmq-emitter-flush"), 0.0)
+    history = broker.get(_threads.os_name("zmq-emitter-history"), 0.0)
     parts = {"sender: handler": sender["all"] - io - flush, "sender: flush thread": flush, "sender: libzmq I/O": io,
              "broker: history thread": history, "broker: proxy and libzmq I/O": broker["all"] - history,
              "subscriber": subscriber["all"]}

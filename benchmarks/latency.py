@@ -30,34 +30,36 @@ from . import common
 from .hotpath import publisher_of
 
 
-def paced_calls(config, events: list, rate: float) -> tuple[array, int, int]:
-    """``event_handler`` on each event at ``rate`` (sleeping while ahead, never spinning); the monotonic_ns
+def paced(send_one, events: list, rate: float) -> tuple[array, int, int]:
+    """``send_one(i, event)`` on each event at ``rate`` (sleeping while ahead, never spinning); the monotonic_ns
     taken before each call, and the monotonic_ns at the start and after the last call."""
-    handler, period, sent = plugin.event_handler, 1e9 / rate, array("q")
+    period, sent = 1e9 / rate, array("q")
     t_start = time.monotonic_ns()
     for i, event in enumerate(events):
         ahead = t_start + i * period - time.monotonic_ns()
         if ahead > 200_000:
             time.sleep(ahead / 1e9)
         sent.append(time.monotonic_ns())
-        handler(config, event)
+        send_one(i, event)
     return sent, t_start, time.monotonic_ns()
+
+
+def paced_calls(config, events: list, rate: float) -> tuple[array, int, int]:
+    """``paced`` ``event_handler`` calls with ``config``."""
+    handler = plugin.event_handler
+    return paced(lambda i, event: handler(config, event), events, rate)
 
 
 def paced_raw(sock: zmq.Socket, events: list, rate: float) -> tuple[array, int, int]:
-    """``paced_calls`` for the floor: each event as the plugin's three frames, encoded and sent raw."""
-    period, sent, more = 1e9 / rate, array("q"), zmq.SNDMORE
+    """``paced`` for the floor: each event as the plugin's three frames, encoded and sent raw."""
+    more = zmq.SNDMORE
     header = protocol.header_prefix("json", f"floor{os.getpid()}x{time.monotonic_ns()}")  # new per call: never repeats
-    t_start = time.monotonic_ns()
-    for i, event in enumerate(events):
-        ahead = t_start + i * period - time.monotonic_ns()
-        if ahead > 200_000:
-            time.sleep(ahead / 1e9)
-        sent.append(time.monotonic_ns())
+
+    def send_one(i: int, event: dict) -> None:
         sock.send(b"event/floor/runner_on_ok", more)
         sock.send(header + b"%d}" % (i + 1), more)
         sock.send(orjson.dumps(event))
-    return sent, t_start, time.monotonic_ns()
+    return paced(send_one, events, rate)
 
 
 def through(runner_config):
